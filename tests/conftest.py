@@ -1,0 +1,43 @@
+"""Shared fixtures. Tests never reach a model hub: offline mode is forced before anything imports
+transformers, and tiny models are built into a per-session cache folder."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from polineurons import load_model  # noqa: E402
+
+TINY_NAMES = ("tiny-llama", "tiny-gemma3")
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("polineurons-cache")
+
+
+@pytest.fixture(scope="session", params=TINY_NAMES)
+def tiny_model(request, tiny_cache):
+    """Each tiny architecture in turn (session-scoped: do not mutate its weights)."""
+    torch.manual_seed(0)
+    return load_model(request.param, device="cpu", cache=tiny_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_cache):
+    return load_model("tiny-llama", device="cpu", cache=tiny_cache)
+
+
+@pytest.fixture
+def fresh_tiny_llama(tiny_cache):
+    """A private copy whose weights a test may change or train."""
+    return load_model("tiny-llama", device="cpu", cache=tiny_cache)
+
+
+@pytest.fixture(scope="session")
+def embedded_model():
+    """The embedded SmolLM2-135M-Instruct from the default cache (converted once, then reused)."""
+    return load_model(device="cpu")
