@@ -14,3 +14,25 @@ def test_unknown_model_exits_with_a_message():
     result = CliRunner().invoke(app, ["info", "--model", "tiny-lama"])
     assert result.exit_code == 2
     assert "Did you mean 'tiny-llama'" in result.output
+
+
+def test_stance_command_writes_the_documented_json(tiny_cache, monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setenv("POLINEURONS_CACHE", str(tiny_cache))
+    out = tmp_path / "stance.json"
+    args = ["stance", "--model", "tiny-llama", "--topics", "race,science", "--max-items", "2", "--statements", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["model"] == "tiny-llama" and report["data"] == "bundled"
+    assert list(report["topics"]) == ["race", "science"]
+    assert set(report["topics"]["race"]) == {"score", "ci_low", "ci_high", "right_rate", "n"}
+    assert report["topics"]["race"]["n"] == 2 and set(report["statements"]) == {"race", "science"}
+    assert "race" in result.output and "95% CI" in result.output
+
+
+def test_stance_command_rejects_an_unknown_topic():
+    result = CliRunner().invoke(app, ["stance", "--model", "tiny-llama", "--topics", "weather"])
+    assert result.exit_code == 2
+    assert "Unknown topic(s) weather" in result.output
