@@ -27,8 +27,21 @@ def _load(model: str | None, device: str | None):
     try:
         return load_model(model, device=device)
     except ModelNotFoundError as error:
-        typer.secho(str(error), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        _fail(str(error))
+
+
+def _fail(message: str) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _load_dataset(data: str):
+    from polineurons.data import DataError, load_data
+
+    try:
+        return load_data(data)
+    except DataError as error:
+        _fail(str(error))
 
 
 @app.command()
@@ -94,17 +107,16 @@ def stance(
     device: DeviceOption = None,
 ) -> None:
     """Score a model's stance per topic (positive = leans right) with bootstrap 95% CIs."""
-    from polineurons.data import DataError, load_data
+    from polineurons.data import DataError
     from polineurons.io import atomic_write_text
     from polineurons.stance import measure_stance, score_statements, summarize
 
+    dataset = _load_dataset(data)
     try:
-        dataset = load_data(data)
         topic_list = [t.strip() for t in topics.split(",") if t.strip()] if topics else None
         selected = dataset.select(topics=topic_list, split=None if split == "all" else split, max_items=max_items)
     except DataError as error:
-        typer.secho(str(error), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        _fail(str(error))
     bridge = _load(model, device)
     result = measure_stance(
         bridge, selected, split=None, batch_size=batch_size, max_answer_tokens=max_answer_tokens
@@ -122,6 +134,86 @@ def stance(
             }
             _print_topic_table("statements (score = log-prob of the right-leaning reply - the other)", statement_topics)
     if out is not None:
+        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+        typer.echo(f"wrote {out}")
+
+
+@app.command()
+def finetune(
+    topic: Annotated[str, typer.Option(help="Topic to fine-tune on (its train split).")],
+    out: Annotated[Path, typer.Option(help="Folder for the fine-tuned model and training_log.json.")],
+    leaning: Annotated[str, typer.Option(help="left or right.")] = "right",
+    model: ModelOption = None,
+    data: Annotated[str, typer.Option(help="'bundled', a JSONL file or folder, an IDEOINST-style folder, or hf:NAME.")] = "bundled",
+    epochs: Annotated[int, typer.Option(min=1)] = 3,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 5e-5,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    grad_accum: Annotated[int, typer.Option(min=1)] = 1,
+    max_seq_len: Annotated[int, typer.Option(min=8)] = 192,
+    warmup_steps: Annotated[int, typer.Option(min=0)] = 2,
+    weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    max_steps: Annotated[Optional[int], typer.Option(min=1)] = None,
+    train: Annotated[str, typer.Option(help="full, mlp (MLP weights only) or lora (needs peft).")] = "full",
+    seed: int = 0,
+    device: DeviceOption = None,
+) -> None:
+    """Fine-tune a model toward a leaning on one topic; save it where `load_model(out)` reloads it."""
+    from polineurons.data import DataError
+    from polineurons.finetune import FinetuneConfig, TrainingDivergedError, finetune as run_finetune, training_pairs
+
+    dataset = _load_dataset(data)
+    try:
+        config = FinetuneConfig(
+            epochs=epochs, learning_rate=lr, batch_size=batch_size, grad_accum=grad_accum, max_seq_len=max_seq_len,
+            warmup_steps=warmup_steps, weight_decay=weight_decay, max_steps=max_steps, train=train, seed=seed,
+        )
+        pairs = training_pairs(dataset, topic, leaning)
+    except (DataError, ValueError) as error:
+        _fail(str(error))
+    bridge = _load(model, device)
+    meta = {"base_model": bridge.cfg.model_name, "data": dataset.source, "topic": topic, "leaning": leaning}
+    try:
+        result = run_finetune(bridge, pairs, config, out_dir=out, meta=meta)
+    except (TrainingDivergedError, ImportError) as error:
+        _fail(str(error))
+    seconds = result.step_seconds
+    typer.echo(
+        f"{len(result.losses)} steps on {result.n_examples} examples: loss {result.losses[0]:.3f} -> "
+        f"{result.losses[-1]:.3f}, {sorted(seconds)[len(seconds) // 2]:.1f} s/step (median), "
+        f"{sum(seconds):.0f} s in all. Saved to {out}"
+    )
+
+
+@app.command()
+def generalization(
+    finetuned: Annotated[Path, typer.Option(help="Fine-tuned model folder.")],
+    target: Annotated[str, typer.Option(help="The topic it was fine-tuned on.")],
+    base: Annotated[Optional[str], typer.Option(help="Base model (default: the embedded model).")] = None,
+    data: Annotated[str, typer.Option(help="Stance data (its eval split is scored).")] = "bundled",
+    max_items: Annotated[Optional[int], typer.Option(min=1, help="At most N eval items per topic.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    out: Annotated[Optional[Path], typer.Option(help="Write the shift table as JSON here.")] = None,
+    device: DeviceOption = None,
+) -> None:
+    """Stance shift per topic (fine-tuned minus base) with CIs, target shift, CTG and CTG ratio."""
+    from polineurons.generalization import measure_generalization
+    from polineurons.io import atomic_write_text
+
+    dataset = _load_dataset(data)
+    if target not in dataset.topics:
+        _fail(f"Unknown target topic '{target}'; topics in {dataset.source}: {', '.join(dataset.topics)}.")
+    base_model = _load(base, device)
+    tuned = _load(str(finetuned), device)
+    result, before, after = measure_generalization(base_model, tuned, dataset, target, max_items=max_items, batch_size=batch_size)
+    typer.echo(f"{'topic':<24}{'base':>8}{'tuned':>8}{'shift':>9}  95% CI")
+    for topic, row in result.shifts.items():
+        mark = "  <- target" if topic == target else ""
+        typer.echo(f"{topic:<24}{row.base:>+8.3f}{row.finetuned:>+8.3f}{row.shift:>+9.3f}  [{row.ci_low:+.3f}, {row.ci_high:+.3f}]{mark}")
+    ratio = "n/a" if result.ctg_ratio is None else f"{result.ctg_ratio:.2f}"
+    typer.echo(f"target shift {result.target_shift:+.3f}   CTG {result.ctg:+.3f}   CTG ratio {ratio}")
+    if out is not None:
+        report = {"base": base_model.cfg.model_name, "finetuned": str(finetuned), "data": dataset.source, **result.to_dict(),
+                  "base_stance": before.to_dict(), "finetuned_stance": after.to_dict()}
         atomic_write_text(out, json.dumps(report, indent=2) + "\n")
         typer.echo(f"wrote {out}")
 

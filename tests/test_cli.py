@@ -36,3 +36,31 @@ def test_stance_command_rejects_an_unknown_topic():
     result = CliRunner().invoke(app, ["stance", "--model", "tiny-llama", "--topics", "weather"])
     assert result.exit_code == 2
     assert "Unknown topic(s) weather" in result.output
+
+
+def test_finetune_then_generalization(tiny_cache, monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setenv("POLINEURONS_CACHE", str(tiny_cache))
+    out = tmp_path / "ft"
+    args = ["finetune", "--model", "tiny-llama", "--topic", "immigration", "--leaning", "right", "--out", str(out),
+            "--max-steps", "2", "--batch-size", "4", "--max-seq-len", "320", "--lr", "1e-3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "2 steps on 61 examples" in result.output and (out / "training_log.json").is_file()
+    report = tmp_path / "gen.json"
+    args = ["generalization", "--base", "tiny-llama", "--finetuned", str(out), "--target", "immigration",
+            "--max-items", "2", "--out", str(report)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["target"] == "immigration" and set(data["shifts"]) == {
+        "crime_and_gun", "economy_and_inequality", "gender_and_sexuality", "immigration", "race", "science"}
+    assert {"target_shift", "ctg", "ctg_ratio"} <= set(data) and "CTG ratio" in result.output
+
+
+def test_finetune_rejects_bad_input(tmp_path):
+    result = CliRunner().invoke(app, ["finetune", "--model", "tiny-llama", "--topic", "weather", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "Unknown topic(s) weather" in result.output
+    result = CliRunner().invoke(app, ["finetune", "--model", "tiny-llama", "--topic", "race", "--leaning", "up", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "Unknown leaning 'up'" in result.output
