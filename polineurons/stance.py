@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -70,6 +70,72 @@ class StanceResult:
         }
 
 
+@dataclass(frozen=True)
+class SequenceBatch:
+    """Right-padded prompt+continuation sequences; ``targets`` marks positions whose next token is
+    a continuation token (position t predicts token t+1)."""
+
+    indices: list[int]
+    tokens: Int[Tensor, "batch pos"]
+    mask: Int[Tensor, "batch pos"]
+    targets: Bool[Tensor, "batch pos_minus_1"]
+
+
+def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Right-padded token ids and the attention mask of 1s over real tokens."""
+    width = max(len(seq) for seq in sequences)
+    tokens = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        tokens[row, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return tokens, mask
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), so padding stays small."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def sequence_batches(
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int, pad_id: int, device
+) -> tuple[list[SequenceBatch], Int[Tensor, " n"]]:
+    """Batches of ``(prompt_ids, continuation_ids)`` sorted by length (little padding), and each
+    continuation's token count in the original order."""
+    sequences, starts = [], []
+    for prompt, continuation in pairs:
+        if not prompt or not continuation:
+            raise ValueError("Every prompt and continuation needs at least one token.")
+        sequences.append(list(prompt) + list(continuation))
+        starts.append(len(prompt))
+    counts = torch.tensor([len(s) - p for s, p in zip(sequences, starts)])
+    batches = []
+    for indices in length_sorted_batches([len(s) for s in sequences], batch_size):
+        tokens, mask = pad_right([sequences[i] for i in indices], pad_id)
+        targets = torch.zeros((len(indices), tokens.shape[1] - 1), dtype=torch.bool)
+        for row, index in enumerate(indices):
+            targets[row, starts[index] - 1 : len(sequences[index]) - 1] = True
+        batches.append(SequenceBatch(indices, tokens.to(device), mask.to(device), targets.to(device)))
+    return batches, counts
+
+
+def batch_logprob_sums(logits: Float[Tensor, "batch pos vocab"], batch: SequenceBatch) -> Float[Tensor, " batch"]:
+    """Sum of the continuation tokens' log-probs for each row (differentiable)."""
+    chosen = logits[:, :-1][batch.targets]  # [n_targets, vocab]
+    chosen = chosen.to(torch.promote_types(chosen.dtype, torch.float32))  # half precision -> fp32
+    targets = batch.tokens[:, 1:][batch.targets]
+    token_logprobs = chosen.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+    rows = torch.nonzero(batch.targets)[:, 0]
+    return torch.zeros(len(batch.indices), dtype=token_logprobs.dtype, device=logits.device).index_add(0, rows, token_logprobs)
+
+
+def pad_id_of(model) -> int:
+    return getattr(model.tokenizer, "pad_token_id", None) or 0
+
+
 def continuation_logprobs(
     model,
     pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
@@ -84,40 +150,32 @@ def continuation_logprobs(
     per batch (causal attention never looks at the padding to the right), so results do not depend
     on the batch size.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    sequences, starts = [], []
-    for prompt, continuation in pairs:
-        if not prompt or not continuation:
-            raise ValueError("Every prompt and continuation needs at least one token.")
-        sequences.append(list(prompt) + list(continuation))
-        starts.append(len(prompt))
-    sums = torch.zeros(len(sequences), dtype=torch.float64)
-    counts = torch.tensor([len(s) - p for s, p in zip(sequences, starts)])
-    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-    pad_id = getattr(model.tokenizer, "pad_token_id", None) or 0
-    device = model.cfg.device
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, counts = sequence_batches(pairs, batch_size, pad_id_of(model), model.cfg.device)
+    sums = torch.zeros(len(counts), dtype=torch.float64)
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        width = len(sequences[batch[0]])
-        tokens = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        targets_mask = torch.zeros((len(batch), width - 1), dtype=torch.bool)
-        for row, index in enumerate(batch):
-            seq = sequences[index]
-            tokens[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-            targets_mask[row, starts[index] - 1 : len(seq) - 1] = True  # position t predicts token t+1
-        tokens, mask, targets_mask = tokens.to(device), mask.to(device), targets_mask.to(device)
         with torch.no_grad():
-            logits = model(tokens, attention_mask=mask)
-        chosen = logits[:, :-1][targets_mask].float()  # [n_targets, vocab]
-        targets = tokens[:, 1:][targets_mask]
-        token_logprobs = chosen.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
-        rows = torch.nonzero(targets_mask)[:, 0]
-        per_row = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, token_logprobs.double())
-        sums[torch.tensor(batch)] = per_row.cpu()
+            logits = model(batch.tokens, attention_mask=batch.mask)
+        sums[torch.tensor(batch.indices)] = batch_logprob_sums(logits, batch).double().cpu()
     return sums, counts
+
+
+def stance_pairs(
+    tokenizer, items: Sequence[StanceItem], *, max_answer_tokens: int | None = None, system: str | None = None
+) -> list[tuple[list[int], list[int]]]:
+    """For each item, ``(prompt, right answer)`` then ``(prompt, left answer)`` token ids."""
+    pairs = []
+    for item in items:
+        prompt = encode_prompt(tokenizer, item.question, system=system)
+        for leaning in ("right", "left"):
+            answer = encode_text(tokenizer, item.answer(leaning), prompt_start=False)
+            pairs.append((prompt, answer[:max_answer_tokens] if max_answer_tokens else answer))
+    return pairs
+
+
+def item_scores_from_sums(items: Sequence[StanceItem], sums: Tensor, counts: Tensor) -> list[ItemScore]:
+    """Mean per-token log-probs (pairs laid out as by :func:`stance_pairs`) as item scores."""
+    means = (sums.double() / counts).tolist()
+    return [ItemScore(item.id, item.topic, means[2 * i], means[2 * i + 1]) for i, item in enumerate(items)]
 
 
 def score_items(
@@ -130,16 +188,9 @@ def score_items(
     progress: bool = True,
 ) -> list[ItemScore]:
     """Mean per-token log-prob of each item's right and left answer given its question."""
-    tokenizer = model.tokenizer
-    pairs = []
-    for item in items:
-        prompt = encode_prompt(tokenizer, item.question, system=system)
-        for leaning in ("right", "left"):
-            answer = encode_text(tokenizer, item.answer(leaning), prompt_start=False)
-            pairs.append((prompt, answer[:max_answer_tokens] if max_answer_tokens else answer))
+    pairs = stance_pairs(model.tokenizer, items, max_answer_tokens=max_answer_tokens, system=system)
     sums, counts = continuation_logprobs(model, pairs, batch_size=batch_size, progress=progress, desc="stance items")
-    means = (sums / counts).tolist()
-    return [ItemScore(item.id, item.topic, means[2 * i], means[2 * i + 1]) for i, item in enumerate(items)]
+    return item_scores_from_sums(items, sums, counts)
 
 
 def score_statements(

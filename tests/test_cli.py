@@ -1,3 +1,7 @@
+import math
+
+import pytest
+
 from typer.testing import CliRunner
 
 from polineurons.cli import app
@@ -64,3 +68,30 @@ def test_finetune_rejects_bad_input(tmp_path):
     assert result.exit_code == 2 and "Unknown topic(s) weather" in result.output
     result = CliRunner().invoke(app, ["finetune", "--model", "tiny-llama", "--topic", "race", "--leaning", "up", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "Unknown leaning 'up'" in result.output
+
+
+def test_localize_then_patch(tiny_cache, monkeypatch, tmp_path):
+    import json
+
+    from polineurons import load_model
+    from polineurons.data import load_data
+    from polineurons.finetune import FinetuneConfig, finetune, training_pairs
+
+    monkeypatch.setenv("POLINEURONS_CACHE", str(tiny_cache))
+    tuned = load_model("tiny-llama", device="cpu")
+    pairs = training_pairs(load_data(), "race", "right")[:4]
+    finetune(tuned, pairs, FinetuneConfig(max_steps=2, batch_size=2, max_seq_len=320, learning_rate=1e-2), out_dir=tmp_path / "ft", progress=False)
+    args = ["localize", "--base", "tiny-llama", "--finetuned", str(tmp_path / "ft"), "--out", str(tmp_path / "loc"),
+            "--top-k", "20", "--max-items", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "general neurons:" in result.output and (tmp_path / "loc" / "general.safetensors").is_file()
+    args = ["patch", "--base", "tiny-llama", "--finetuned", str(tmp_path / "ft"), "--neurons", str(tmp_path / "loc"),
+            "--out", str(tmp_path / "patch.json"), "--max-items", "1", "--random-seeds", "1", "--attribution-sample", "6"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "patch.json").read_text())
+    assert set(report["recovery"]) == {"general", "random:0", "all"} | {f"specific:{t}" for t in load_data().topics}
+    # full fine-tuning also changed attention and embeddings, so even "all" recovers only part
+    assert all(math.isfinite(row["recovery"]) for row in report["recovery"]["all"].values())
+    assert len(report["attribution_check"]["exact"]) == 6

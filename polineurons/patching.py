@@ -1,0 +1,282 @@
+"""Activation patching of neuron sets, attribution patching, and its validation against exact
+per-neuron patching (``transformer_lens.patching``).
+
+Set patching: the fine-tuned model's activations of a NeuronSet are copied into the base model on
+the exact token sequences being scored (question + each answer), and stance is measured again.
+Recovery per topic = (patched − base) / (fine-tuned − base).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from polineurons.data.items import StanceItem
+from polineurons.hooks import patch_neurons, record_neurons
+from polineurons.neurons import NeuronSet, mlp_post_hook_name, model_shape
+from polineurons.stance import ItemScore, batch_logprob_sums, item_scores_from_sums, pad_id_of, sequence_batches, stance_pairs
+
+
+@dataclass(frozen=True)
+class Recovery:
+    recovery: float  # (patched − base) / (fine-tuned − base), on topic means
+    ci_low: float
+    ci_high: float
+    patched_shift: float  # patched − base
+    full_shift: float  # fine-tuned − base
+    n: int
+
+
+def _check_pair(base, finetuned) -> None:
+    if model_shape(base) != model_shape(finetuned):
+        raise ValueError(f"Models differ in shape: {model_shape(base)} vs {model_shape(finetuned)}.")
+    if base is finetuned:
+        raise ValueError("base and finetuned must be two model objects (patching runs both).")
+
+
+def patched_item_scores(
+    base,
+    finetuned,
+    items: Sequence[StanceItem],
+    neuron_sets: Mapping[str, NeuronSet],
+    *,
+    batch_size: int = 8,
+    max_answer_tokens: int | None = None,
+    include_unpatched: bool = True,
+    progress: bool = True,
+) -> dict[str, list[ItemScore]]:
+    """Stance item scores of the base model with each set patched from the fine-tuned model.
+
+    Per batch the fine-tuned model runs once (recording every layer) and the base model once per set,
+    so adding a set costs one base forward. With ``include_unpatched`` the result also holds
+    ``"base"`` and ``"finetuned"`` scores from the same batches.
+    """
+    _check_pair(base, finetuned)
+    for neurons in neuron_sets.values():
+        neurons.validate_for(base)
+    pairs = stance_pairs(base.tokenizer, items, max_answer_tokens=max_answer_tokens)
+    batches, counts = sequence_batches(pairs, batch_size, pad_id_of(base), base.cfg.device)
+    names = (["base", "finetuned"] if include_unpatched else []) + list(neuron_sets)
+    sums = {name: torch.zeros(len(pairs), dtype=torch.float64) for name in names}
+    for batch in tqdm(batches, desc="patching", disable=not progress, leave=False):
+        where = torch.tensor(batch.indices)
+        with torch.no_grad():
+            with record_neurons(finetuned) as source:
+                tuned_logits = finetuned(batch.tokens, attention_mask=batch.mask)
+            source = dict(source)
+            if include_unpatched:
+                sums["finetuned"][where] = batch_logprob_sums(tuned_logits, batch).double().cpu()
+                sums["base"][where] = batch_logprob_sums(base(batch.tokens, attention_mask=batch.mask), batch).double().cpu()
+            del tuned_logits
+            for name, neurons in neuron_sets.items():
+                with patch_neurons(base, neurons, source):
+                    logits = base(batch.tokens, attention_mask=batch.mask)
+                sums[name][where] = batch_logprob_sums(logits, batch).double().cpu()
+    return {name: item_scores_from_sums(items, sums[name], counts) for name in names}
+
+
+def recovery_table(scores: Mapping[str, Sequence[ItemScore]], *, n_boot: int = 2000, seed: int = 0) -> dict[str, dict[str, Recovery]]:
+    """``set -> topic -> Recovery`` from :func:`patched_item_scores` output (needs ``base`` and
+    ``finetuned``). The CI resamples items (paired across the three conditions)."""
+    base = scores["base"]
+    tuned = scores["finetuned"]
+    topics = list(dict.fromkeys(item.topic for item in base))
+    rng = np.random.default_rng(seed)
+    table: dict[str, dict[str, Recovery]] = {}
+    for name, patched in scores.items():
+        if name in ("base", "finetuned"):
+            continue
+        table[name] = {}
+        for topic in topics:
+            idx = [i for i, item in enumerate(base) if item.topic == topic]
+            b = np.array([base[i].score for i in idx])
+            f = np.array([tuned[i].score for i in idx])
+            p = np.array([patched[i].score for i in idx])
+            full, part = f - b, p - b
+            ratio = part.mean() / full.mean() if full.mean() != 0 else float("nan")
+            draws = rng.integers(0, len(idx), size=(n_boot, len(idx)))
+            denominators = full[draws].mean(axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                boot = part[draws].mean(axis=1) / denominators
+            boot = boot[np.isfinite(boot)]
+            low, high = (np.percentile(boot, [2.5, 97.5]) if boot.size else (float("nan"), float("nan")))
+            table[name][topic] = Recovery(float(ratio), float(low), float(high), float(part.mean()), float(full.mean()), len(idx))
+    return table
+
+
+def recovery_to_dict(table: Mapping[str, Mapping[str, Recovery]]) -> dict:
+    return {name: {topic: asdict(r) for topic, r in rows.items()} for name, rows in table.items()}
+
+
+# ---- attribution patching -------------------------------------------------------------------------
+
+
+def stance_metric(logits: Float[Tensor, "batch pos vocab"], batch, weights: Tensor) -> Tensor:
+    """Sum over rows of weight × continuation log-prob sum; with weights ±1/len this is the sum of
+    the items' stance scores (right minus left mean log-prob)."""
+    return (batch_logprob_sums(logits, batch) * weights).sum()
+
+
+def _stance_weights(batch, counts: Tensor, device) -> Tensor:
+    # stance_pairs lays out (right, left) per item: even index = right (+), odd = left (−)
+    signs = torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in batch.indices])
+    return (signs / counts[torch.tensor(batch.indices)].float()).to(device)
+
+
+def attribution_scores(
+    base,
+    finetuned,
+    items: Sequence[StanceItem],
+    *,
+    batch_size: int = 8,
+    max_answer_tokens: int | None = None,
+    progress: bool = True,
+) -> Float[Tensor, "n_layers d_mlp"]:
+    """Attribution patching for every neuron at once: Σ over tokens of
+    ∂(stance metric)/∂(base activation) × (fine-tuned − base activation).
+
+    One forward of each model and one backward of the base per batch. It estimates, to first order,
+    how much patching that neuron alone from the fine-tuned model would change the summed stance
+    score of ``items``.
+    """
+    _check_pair(base, finetuned)
+    n_layers, d_mlp = model_shape(base)
+    pairs = stance_pairs(base.tokenizer, items, max_answer_tokens=max_answer_tokens)
+    batches, counts = sequence_batches(pairs, batch_size, pad_id_of(base), base.cfg.device)
+    total = torch.zeros(n_layers, d_mlp, dtype=torch.float64)
+    parameters = list(base.parameters())
+    needs_grad = [p.requires_grad for p in parameters]
+    for p in parameters:
+        p.requires_grad_(False)  # only activation gradients are needed
+    try:
+        for batch in tqdm(batches, desc="attribution", disable=not progress, leave=False):
+            with torch.no_grad(), record_neurons(finetuned) as tuned:
+                finetuned(batch.tokens, attention_mask=batch.mask)
+            tuned = dict(tuned)
+            probes: dict[int, Tensor] = {}
+            base_acts: dict[int, Tensor] = {}
+
+            def make_hook(layer: int):
+                # Adding a zero probe that requires grad gives d(metric)/d(activation) through every
+                # downstream path (a detached leaf would cut the paths through later MLPs).
+                def hook(activation: Tensor, hook) -> Tensor:
+                    base_acts[layer] = activation.detach()
+                    probes[layer] = torch.zeros_like(activation, requires_grad=True)
+                    return activation + probes[layer]
+
+                return hook
+
+            hooks = [(mlp_post_hook_name(layer), make_hook(layer)) for layer in range(n_layers)]
+            with base.hooks(fwd_hooks=hooks):
+                logits = base(batch.tokens, attention_mask=batch.mask)
+            metric = stance_metric(logits, batch, _stance_weights(batch, counts, logits.device))
+            grads = torch.autograd.grad(metric, [probes[layer] for layer in range(n_layers)])
+            mask = batch.mask[..., None].float()
+            for layer, grad in enumerate(grads):
+                delta = tuned[layer].double() - base_acts[layer].double()
+                total[layer] += (grad.double() * delta * mask.double()).sum(dim=(0, 1)).cpu()
+    finally:
+        for p, flag in zip(parameters, needs_grad):
+            p.requires_grad_(flag)
+    return total
+
+
+@dataclass(frozen=True)
+class AttributionCheck:
+    neurons: list[tuple[int, int]]
+    attribution: list[float]
+    exact: list[float]
+    spearman: float
+    seconds_attribution: float
+    seconds_exact_per_neuron: float
+
+    def speedup(self, n_neurons: int) -> float:
+        """Exact patching of ``n_neurons`` neurons (extrapolated from the sample) / attribution time."""
+        return self.seconds_exact_per_neuron * n_neurons / self.seconds_attribution
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _ranks(values: Sequence[float]) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    order = array.argsort(kind="stable")
+    ranks = np.empty(len(array))
+    ranks[order] = np.arange(len(array))
+    for value in np.unique(array):  # average ranks for ties
+        tied = array == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+
+
+def exact_neuron_effects(
+    base, finetuned, items: Sequence[StanceItem], neurons: Sequence[tuple[int, int]], *, max_answer_tokens: int | None = None
+) -> list[float]:
+    """Exact effect on the summed stance score of patching each single neuron (all positions) from
+    the fine-tuned model into the base, computed with ``transformer_lens.patching``.
+
+    All items go in one right-padded batch (TransformerLens' patching runs no attention mask; with
+    right padding, causal attention never reads the pads)."""
+    import pandas as pd
+    from transformer_lens.patching import generic_activation_patch
+
+    _check_pair(base, finetuned)
+    pairs = stance_pairs(base.tokenizer, items, max_answer_tokens=max_answer_tokens)
+    batches, counts = sequence_batches(pairs, len(pairs), pad_id_of(base), base.cfg.device)
+    batch = batches[0]
+    weights = _stance_weights(batch, counts, base.cfg.device)
+    layers = sorted({layer for layer, _ in neurons})
+    with torch.no_grad(), record_neurons(finetuned, layers) as tuned:
+        finetuned(batch.tokens, attention_mask=batch.mask)
+    clean_cache = {mlp_post_hook_name(layer): tuned[layer] for layer in layers}
+
+    def setter(corrupted, index, clean):
+        corrupted[..., index[1]] = clean[..., index[1]]
+        return corrupted
+
+    def metric(logits):
+        return stance_metric(logits, batch, weights)
+
+    with torch.no_grad():
+        baseline = metric(base(batch.tokens)).item()
+        effects = generic_activation_patch(
+            base,
+            batch.tokens,
+            clean_cache,
+            metric,
+            setter,
+            "post",
+            index_df=pd.DataFrame(list(neurons), columns=["layer", "neuron"]),
+        )
+    return [float(v) - baseline for v in effects.tolist()]
+
+
+def check_attribution(
+    base,
+    finetuned,
+    items: Sequence[StanceItem],
+    neurons: Sequence[tuple[int, int]],
+    *,
+    max_answer_tokens: int | None = None,
+) -> AttributionCheck:
+    """Attribution scores vs exact per-neuron patching on a sample of neurons, with timings."""
+    start = time.perf_counter()
+    scores = attribution_scores(base, finetuned, items, batch_size=len(items) * 2, max_answer_tokens=max_answer_tokens, progress=False)
+    attribution_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    exact = exact_neuron_effects(base, finetuned, items, neurons, max_answer_tokens=max_answer_tokens)
+    exact_seconds = (time.perf_counter() - start) / max(len(neurons), 1)
+    approx = [float(scores[layer, index]) for layer, index in neurons]
+    return AttributionCheck(list(map(tuple, neurons)), approx, exact, spearman(approx, exact), attribution_seconds, exact_seconds)

@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from polineurons import load_model
+from polineurons.data import load_data
+from polineurons.neurons import NeuronSet
+from polineurons.pnlac import Localization, contrast_scores, localize, split_general_specific, top_percent, topic_sequences
+
+
+def copy_with(tiny_cache, edit):
+    model = load_model("tiny-llama", device="cpu", cache=tiny_cache)
+    with torch.no_grad():
+        edit(model)
+    return model
+
+
+def bump_neuron(layer, index, factor=3.0):
+    def edit(model):
+        mlp = model.blocks[layer].mlp
+        for role in ("gate", "in"):
+            getattr(mlp, role).original_component.weight[index] *= factor
+
+    return edit
+
+
+@pytest.fixture(scope="module")
+def sequences(tiny_cache):
+    model = load_model("tiny-llama", device="cpu", cache=tiny_cache)
+    return topic_sequences(model.tokenizer, load_data(), "race", max_items=6)
+
+
+def test_contrast_against_itself_is_zero(tiny_llama, sequences):
+    scores = contrast_scores(tiny_llama, tiny_llama, sequences, batch_size=4)
+    assert scores.shape == (3, 96) and torch.count_nonzero(scores) == 0
+
+
+def test_changed_neuron_ranks_first(tiny_llama, tiny_cache, sequences):
+    last = copy_with(tiny_cache, bump_neuron(2, 17))
+    scores = contrast_scores(tiny_llama, last, sequences)
+    assert scores[2, 17] > 0 and torch.count_nonzero(scores) == 1  # nothing downstream of the last MLP
+    early = copy_with(tiny_cache, bump_neuron(0, 40))
+    scores = contrast_scores(tiny_llama, early, sequences)
+    assert divmod(int(scores.flatten().argmax()), 96) == (0, 40)
+    assert torch.count_nonzero(scores[0]) == 1  # same-layer neurons see the same input
+
+
+def test_padding_does_not_change_scores(tiny_llama, tiny_cache, sequences):
+    other = copy_with(tiny_cache, bump_neuron(1, 3, 1.5))
+    batched = contrast_scores(tiny_llama, other, sequences, batch_size=6)
+    single = contrast_scores(tiny_llama, other, sequences, batch_size=1)
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-6)
+
+
+def test_top_percent_and_general_specific_split():
+    generator = torch.Generator().manual_seed(0)
+    top = {t: top_percent(torch.rand(4, 50, generator=generator), 30) for t in ("a", "b", "c")}
+    assert all(len(s) == 60 for s in top.values())
+    general, specific = split_general_specific(top)
+    union = top["a"] | top["b"] | top["c"]
+    assert general == top["a"] & top["b"] & top["c"]
+    for topic, s in specific.items():
+        assert not s & general and (s | general) == (top[topic] | general)
+    assert general | specific["a"] | specific["b"] | specific["c"] == union
+    loose, _ = split_general_specific(top, min_topics=2)
+    assert len(loose) >= len(general)
+    with pytest.raises(ValueError, match="min_topics"):
+        split_general_specific(top, min_topics=4)
+    with pytest.raises(ValueError, match="percent"):
+        top_percent(torch.rand(2, 2), 0)
+
+
+def test_localize_ranking_and_round_trip(tiny_llama, tiny_cache, tmp_path):
+    tuned = copy_with(tiny_cache, lambda m: [bump_neuron(layer, 5 + layer, 2.0)(m) for layer in range(3)])
+    data = load_data()
+    result = localize(tiny_llama, tuned, data, topics=["race", "science", "immigration"], top_k=10, max_items=3, progress=False)
+    assert set(result.top) == {"race", "science", "immigration"}
+    summary = result.summary()
+    assert summary["general"]["count"] == len(result.general) and summary["jaccard"]["race"]["race"] == 1.0
+    ranked = result.general_ranking()
+    mean = torch.stack(list(result.scores.values())).mean(0)
+    values = [float(mean[l, i]) for l, i in ranked.tolist()]
+    assert values == sorted(values, reverse=True)
+    chosen = result.top_general(1.0)
+    assert len(chosen) == min(round(288 * 0.01), len(result.general)) and not chosen - result.general
+    result.save(tmp_path / "loc")
+    back = Localization.load(tmp_path / "loc")
+    assert back.general == result.general and back.specific["race"] == result.specific["race"]
+    assert torch.equal(back.scores["science"], result.scores["science"]) and back.config == result.config
