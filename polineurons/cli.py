@@ -330,6 +330,70 @@ def _attribution_check(base_model, tuned, items, sample: int) -> dict:
     return {**check.to_dict(), "n_items": len(few), "speedup_all_neurons": check.speedup(n_layers * d_mlp)}
 
 
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"{option} takes comma-separated numbers, got {text!r}.")
+
+
+@app.command()
+def inhibitft(
+    target: Annotated[str, typer.Option(help="Topic to fine-tune on.")],
+    neurons: Annotated[Path, typer.Option(help="A `polineurons localize` folder, or one NeuronSet file to inhibit as is.")],
+    out: Annotated[Path, typer.Option(help="Folder for per-run results and summary.json (reruns resume).")],
+    base: Annotated[Optional[str], typer.Option(help="Base model (default: the embedded model).")] = None,
+    data: Annotated[str, typer.Option(help="Stance data.")] = "bundled",
+    leaning: Annotated[str, typer.Option(help="left or right.")] = "right",
+    percent: Annotated[str, typer.Option(help="Percent(s) of ALL neurons to inhibit, taken from the top general neurons, e.g. 5 or 1,2,5,10,20.")] = "5",
+    mode: Annotated[str, typer.Option(help="zero, scale, freeze, or several comma-separated.")] = "zero",
+    scale: Annotated[float, typer.Option(help="Factor for --mode scale, in (0, 1).")] = 0.5,
+    random_control: Annotated[bool, typer.Option(help="Also inhibit a layer-matched random set of the same size.")] = True,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds (one vanilla run per seed).")] = "0",
+    epochs: Annotated[int, typer.Option(min=1)] = 3,
+    lr: float = 5e-5,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    max_seq_len: Annotated[int, typer.Option(min=8)] = 192,
+    max_steps: Annotated[Optional[int], typer.Option(min=1)] = None,
+    max_items: Annotated[Optional[int], typer.Option(min=1, help="At most N eval items per topic.")] = None,
+    device: DeviceOption = None,
+) -> None:
+    """InhibitFT vs vanilla fine-tuning (and a random control): target shift kept and CTG reduction."""
+    from polineurons.finetune import FinetuneConfig
+    from polineurons.inhibitft import plan_variants, run_inhibitft
+    from polineurons.neurons import NeuronSet
+    from polineurons.pnlac import Localization
+
+    if (neurons / "summary.json").is_file():
+        ranked = Localization.load(neurons).top_general
+    else:
+        try:
+            fixed = NeuronSet.load(neurons)
+        except FileNotFoundError as error:
+            _fail(f"{neurons}: neither a localize folder nor a NeuronSet ({error}).")
+        ranked = lambda _percent: fixed  # noqa: E731
+    dataset = _load_dataset(data)
+    if target not in dataset.topics:
+        _fail(f"Unknown target topic '{target}'; topics in {dataset.source}: {', '.join(dataset.topics)}.")
+    try:
+        variants = plan_variants(ranked, percents=_floats(percent, "--percent"), modes=[m.strip() for m in mode.split(",")],
+                                 scale=scale, random_control=random_control, seeds=[int(x) for x in _floats(seeds, "--seeds")])
+        config = FinetuneConfig(epochs=epochs, learning_rate=lr, batch_size=batch_size, max_seq_len=max_seq_len, max_steps=max_steps)
+    except ValueError as error:
+        _fail(str(error))
+    _load(base, device)  # fail early on a bad model name
+    summary = run_inhibitft(lambda: _load(base, device), dataset, target, variants, out, leaning=leaning, config=config, max_items=max_items)
+    typer.echo(f"{'run':<28}{'neurons':>8}  {'target kept':<26}{'CTG reduction':<26}CTG ratio")
+    for name, row in summary["comparisons"].items():
+        kept, reduction = row["target_kept"], row["ctg_reduction"]
+        typer.echo(f"{name:<28}{row['n_neurons']:>8}  {kept['value']:+.2f} [{kept['ci_low']:+.2f}, {kept['ci_high']:+.2f}]    "
+                   f"{reduction['value']:+.2f} [{reduction['ci_low']:+.2f}, {reduction['ci_high']:+.2f}]    {row['ctg_ratio']['value']:+.2f}")
+    for name, table in summary["vanilla"].items():
+        ratio = table["ctg_ratio"]
+        typer.echo(f"{name}: target shift {table['target_shift']:+.3f}, CTG {table['ctg']:+.3f}, CTG ratio {'n/a' if ratio is None else f'{ratio:+.2f}'}")
+    typer.echo(f"wrote {out / 'summary.json'}")
+
+
 def main() -> None:
     app()
 

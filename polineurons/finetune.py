@@ -28,6 +28,7 @@ from polineurons.neurons import NeuronSet, neuron_parameters
 from polineurons.versions import library_versions
 
 TRAIN_MODES = ("full", "mlp", "lora")
+INHIBIT_MODES = ("scale", "freeze")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -174,6 +175,7 @@ def finetune(
     *,
     inhibit: NeuronSet | None = None,
     inhibit_scale: float = 0.0,
+    inhibit_mode: str = "scale",
     out_dir: str | os.PathLike | None = None,
     meta: dict | None = None,
     progress: bool = True,
@@ -181,8 +183,11 @@ def finetune(
     """Fine-tune ``model`` in place on ``(question, answer)`` pairs; optionally save it.
 
     Args:
-        inhibit: neurons whose activations are multiplied by ``inhibit_scale`` during training
-            (InhibitFT); the hooks are removed before this returns, even on an error.
+        inhibit: neurons to inhibit during training (InhibitFT). With ``inhibit_mode="scale"``
+            their activations are multiplied by ``inhibit_scale`` (0 = zeroed) through forward hooks
+            that are removed before this returns, even on an error. With ``"freeze"`` activations are
+            untouched and the neurons' input and output weights are held fixed (gradient masks, and
+            restored after each step so weight decay cannot move them either).
         out_dir: if given, the model is saved there (a folder ``load_model(out_dir)`` reloads) with
             ``training_log.json``. Written atomically: an earlier result there survives a failed run.
         meta: extra fields for the training log (topic, leaning, data source...).
@@ -206,11 +211,15 @@ def finetune(
     result = FinetuneResult(config, n_examples=len(examples), n_trainable=sum(p.numel() for p in trainable), meta=dict(meta or {}))
     generator = torch.Generator().manual_seed(config.seed)
     pad_id = model.tokenizer.pad_token_id or 0
-    hooks = scale_neurons(model, inhibit, inhibit_scale) if inhibit is not None and inhibit else contextlib.nullcontext()
+    if inhibit_mode not in INHIBIT_MODES:
+        raise ValueError(f"inhibit_mode must be one of {', '.join(INHIBIT_MODES)}, got {inhibit_mode!r}.")
+    active = inhibit is not None and bool(inhibit)
+    hooks = scale_neurons(model, inhibit, inhibit_scale) if active and inhibit_mode == "scale" else contextlib.nullcontext()
+    freezer = frozen_neurons(model, inhibit) if active and inhibit_mode == "freeze" else contextlib.nullcontext()
     model.train()
     bar = tqdm(total=total_steps, desc="fine-tuning", disable=not progress)
     try:
-        with hooks:
+        with hooks, freezer as restore:
             step = 0
             while step < total_steps:
                 order = torch.randperm(len(examples), generator=generator).tolist()
@@ -234,6 +243,8 @@ def finetune(
                         step_loss += loss.item() / len(chunk)
                     torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                     optimizer.step()
+                    if restore is not None:
+                        restore()
                     schedule.step()
                     step += 1
                     result.losses.append(step_loss)
@@ -252,6 +263,37 @@ def finetune(
         save_model(model, out_dir, training_log=result)
         result.out_dir = str(out_dir)
     return result
+
+
+@contextlib.contextmanager
+def frozen_neurons(model, neurons: NeuronSet):
+    """Hold the input/output weights of ``neurons`` fixed during training.
+
+    Gradient hooks zero those rows/columns; the yielded ``restore()`` (call it after each optimizer
+    step) copies the saved values back, so weight decay or momentum cannot move them. Hooks are
+    removed on exit."""
+    neurons.validate_for(model)
+    saved, handles = [], []
+    for layer, index in neurons.by_layer.items():
+        for _, parameter, dim in neuron_parameters(model, layer):
+            idx = index.to(parameter.device)
+            saved.append((parameter, dim, idx, parameter.detach().index_select(dim, idx).clone()))
+            keep = torch.ones(parameter.shape[dim], dtype=parameter.dtype, device=parameter.device)
+            keep[idx] = 0
+            shape = [1] * parameter.ndim
+            shape[dim] = -1
+            handles.append(parameter.register_hook(lambda grad, keep=keep.view(shape): grad * keep))
+
+    def restore() -> None:
+        with torch.no_grad():
+            for parameter, dim, idx, values in saved:
+                parameter.index_copy_(dim, idx, values)
+
+    try:
+        yield restore
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _merge_lora(model, peft_model) -> None:

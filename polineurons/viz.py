@@ -39,3 +39,39 @@ def generalization_heatmap(targets: Sequence[str], topics: Sequence[str], shifts
         yaxis_autorange="reversed",
     )
     return figure
+
+
+def inhibitft_tradeoff(summary: dict) -> go.Figure:
+    """CTG reduction and target shift kept against the percent of neurons inhibited, one line per
+    mode, with the layer-matched random control as open markers (from an InhibitFT ``summary.json``)."""
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("CTG reduction", "target shift kept"), shared_xaxes=True)
+    groups: dict[str, list[dict]] = {}
+    for row in summary["comparisons"].values():
+        label = "random control (zero)" if row["control"] else (f"scale {row['scale']:g}" if row["mode"] == "scale" else row["mode"])
+        groups.setdefault(label, []).append(row)
+    for label, rows in groups.items():
+        rows = sorted(rows, key=lambda r: r["percent"])
+        control = label.startswith("random")
+        for col, key in ((1, "ctg_reduction"), (2, "target_kept")):
+            values = [r[key] for r in rows]
+            figure.add_trace(
+                go.Scatter(
+                    x=[r["percent"] for r in rows],
+                    y=[v["value"] for v in values],
+                    error_y={"type": "data", "symmetric": False,
+                             "array": [v["ci_high"] - v["value"] for v in values],
+                             "arrayminus": [v["value"] - v["ci_low"] for v in values]},
+                    mode="markers" if control else "lines+markers",
+                    marker={"symbol": "circle-open" if control else "circle", "size": 9},
+                    name=label,
+                    legendgroup=label,
+                    showlegend=col == 1,
+                ),
+                row=1,
+                col=col,
+            )
+    figure.update_xaxes(title_text="% of all MLP neurons inhibited", type="log")
+    figure.update_layout(title=f"InhibitFT on {summary.get('target', '?')}: spill-over removed vs target kept")
+    return figure

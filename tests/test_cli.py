@@ -95,3 +95,22 @@ def test_localize_then_patch(tiny_cache, monkeypatch, tmp_path):
     # full fine-tuning also changed attention and embeddings, so even "all" recovers only part
     assert all(math.isfinite(row["recovery"]) for row in report["recovery"]["all"].values())
     assert len(report["attribution_check"]["exact"]) == 6
+
+
+def test_inhibitft_command(tiny_cache, monkeypatch, tmp_path):
+    import json
+
+    from polineurons.neurons import NeuronSet
+
+    monkeypatch.setenv("POLINEURONS_CACHE", str(tiny_cache))
+    NeuronSet.from_indices({2: range(5)}, 3, 96).save(tmp_path / "set")
+    args = ["inhibitft", "--base", "tiny-llama", "--target", "race", "--neurons", str(tmp_path / "set.safetensors"),
+            "--out", str(tmp_path / "inh"), "--max-steps", "1", "--batch-size", "4", "--max-seq-len", "320",
+            "--max-items", "1", "--mode", "zero,freeze"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "inh" / "summary.json").read_text())
+    assert set(summary["comparisons"]) == {"zero/p5/seed0", "freeze/p5/seed0", "random-zero/p5/seed0"}
+    assert {"ctg_reduction", "target_kept", "vanilla", "inhibited"} <= set(summary)
+    bad = CliRunner().invoke(app, args[:-1] + ["anchor"])
+    assert bad.exit_code == 2 and "Unknown mode" in bad.output

@@ -147,3 +147,23 @@ def test_bad_config_is_refused():
         FinetuneConfig(train="everything")
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         FinetuneConfig(batch_size=0)
+
+
+def test_freeze_mode_keeps_the_neurons_weights_even_with_weight_decay(tiny_cache, pairs):
+    model = fresh(tiny_cache)
+    chosen = NeuronSet.from_pairs([(0, 2), (1, 20), (2, 60)], 3, 96)
+    before = {name: p.detach().clone() for layer in range(3) for name, p, _ in neuron_parameters(model, layer)}
+    clean = prompt_batch(model)
+    with torch.no_grad():
+        logits_before = model(clean)
+    finetune(model, pairs, FinetuneConfig(**FAST, max_steps=3, weight_decay=0.1), inhibit=chosen, inhibit_mode="freeze", progress=False)
+    for layer in range(3):
+        for name, parameter, dim in neuron_parameters(model, layer):
+            moved = (parameter.detach() != before[name]).movedim(dim, 0).flatten(1).any(dim=1)
+            assert not moved[chosen.mask[layer]].any(), name
+            assert moved[~chosen.mask[layer]].all(), name
+    assert not any(getattr(p, "_backward_hooks", None) for p in model.parameters())  # gradient masks removed
+    with torch.no_grad():
+        assert not torch.equal(model(clean), logits_before)
+    with pytest.raises(ValueError, match="inhibit_mode"):
+        finetune(model, pairs, FinetuneConfig(**FAST, max_steps=1), inhibit=chosen, inhibit_mode="anchor", progress=False)
