@@ -19,6 +19,9 @@ ModelOption = Annotated[
     typer.Option("--model", "-m", help="Model: smollm2-135m-instruct (default, offline), tiny-llama, tiny-gemma3, a folder or a hub id."),
 ]
 DeviceOption = Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda if available).")]
+BaseOption = Annotated[Optional[str], typer.Option(help="Base model (default: the embedded model).")]
+FinetunedOption = Annotated[Path, typer.Option(help="Fine-tuned model folder.")]
+DataOption = Annotated[str, typer.Option(help="'bundled', a JSONL file or folder, an IDEOINST-style folder, or hf:NAME.")]
 
 
 def _load(model: str | None, device: str | None):
@@ -96,7 +99,7 @@ def _print_topic_table(title: str, topics: dict) -> None:
 @app.command()
 def stance(
     model: ModelOption = None,
-    data: Annotated[str, typer.Option(help="'bundled', a JSONL file or folder, an IDEOINST-style folder, or hf:NAME.")] = "bundled",
+    data: DataOption = "bundled",
     topics: Annotated[Optional[str], typer.Option(help="Comma-separated topics (default: all).")] = None,
     split: Annotated[str, typer.Option(help="train, eval, or all.")] = "eval",
     max_items: Annotated[Optional[int], typer.Option(min=1, help="At most N items per topic.")] = None,
@@ -144,7 +147,7 @@ def finetune(
     out: Annotated[Path, typer.Option(help="Folder for the fine-tuned model and training_log.json.")],
     leaning: Annotated[str, typer.Option(help="left or right.")] = "right",
     model: ModelOption = None,
-    data: Annotated[str, typer.Option(help="'bundled', a JSONL file or folder, an IDEOINST-style folder, or hf:NAME.")] = "bundled",
+    data: DataOption = "bundled",
     epochs: Annotated[int, typer.Option(min=1)] = 3,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 5e-5,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
@@ -186,10 +189,10 @@ def finetune(
 
 @app.command()
 def generalization(
-    finetuned: Annotated[Path, typer.Option(help="Fine-tuned model folder.")],
+    finetuned: FinetunedOption,
     target: Annotated[str, typer.Option(help="The topic it was fine-tuned on.")],
-    base: Annotated[Optional[str], typer.Option(help="Base model (default: the embedded model).")] = None,
-    data: Annotated[str, typer.Option(help="Stance data (its eval split is scored).")] = "bundled",
+    base: BaseOption = None,
+    data: DataOption = "bundled",
     max_items: Annotated[Optional[int], typer.Option(min=1, help="At most N eval items per topic.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     out: Annotated[Optional[Path], typer.Option(help="Write the shift table as JSON here.")] = None,
@@ -220,10 +223,10 @@ def generalization(
 
 @app.command()
 def localize(
-    finetuned: Annotated[Path, typer.Option(help="Fine-tuned model folder.")],
+    finetuned: FinetunedOption,
     out: Annotated[Path, typer.Option(help="Folder for NeuronSets, scores and summary.json.")],
-    base: Annotated[Optional[str], typer.Option(help="Base model (default: the embedded model).")] = None,
-    data: Annotated[str, typer.Option(help="Stance data (its train split is used).")] = "bundled",
+    base: BaseOption = None,
+    data: DataOption = "bundled",
     top_k: Annotated[float, typer.Option(help="Percent of neurons kept per topic.")] = 30.0,
     min_topics: Annotated[Optional[int], typer.Option(min=1, help="General = in the top set of at least M topics (default: all).")] = None,
     inputs: Annotated[str, typer.Option(help="question, or question_answers.")] = "question",
@@ -260,11 +263,11 @@ def localize(
 
 @app.command()
 def patch(
-    finetuned: Annotated[Path, typer.Option(help="Fine-tuned model folder.")],
+    finetuned: FinetunedOption,
     neurons: Annotated[Path, typer.Option(help="A `polineurons localize` output folder.")],
     out: Annotated[Path, typer.Option(help="Write the recovery table (set x topic) as JSON here.")],
-    base: Annotated[Optional[str], typer.Option(help="Base model (default: the embedded model).")] = None,
-    data: Annotated[str, typer.Option(help="Stance data (its eval split is scored).")] = "bundled",
+    base: BaseOption = None,
+    data: DataOption = "bundled",
     random_seeds: Annotated[int, typer.Option(min=0, help="Random layer-matched control sets.")] = 3,
     all_neurons: Annotated[bool, typer.Option(help="Also patch every MLP neuron (upper bound).")] = True,
     max_items: Annotated[Optional[int], typer.Option(min=1, help="At most N eval items per topic.")] = None,
@@ -342,8 +345,8 @@ def inhibitft(
     target: Annotated[str, typer.Option(help="Topic to fine-tune on.")],
     neurons: Annotated[Path, typer.Option(help="A `polineurons localize` folder, or one NeuronSet file to inhibit as is.")],
     out: Annotated[Path, typer.Option(help="Folder for per-run results and summary.json (reruns resume).")],
-    base: Annotated[Optional[str], typer.Option(help="Base model (default: the embedded model).")] = None,
-    data: Annotated[str, typer.Option(help="Stance data.")] = "bundled",
+    base: BaseOption = None,
+    data: DataOption = "bundled",
     leaning: Annotated[str, typer.Option(help="left or right.")] = "right",
     percent: Annotated[str, typer.Option(help="Percent(s) of ALL neurons to inhibit, taken from the top general neurons, e.g. 5 or 1,2,5,10,20.")] = "5",
     mode: Annotated[str, typer.Option(help="zero, scale, freeze, or several comma-separated.")] = "zero",
