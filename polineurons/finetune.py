@@ -25,6 +25,7 @@ from polineurons.data.items import StanceDataset, StanceItem, check_leaning
 from polineurons.data.prompts import encode_prompt, encode_text, has_chat_template
 from polineurons.hooks import scale_neurons
 from polineurons.neurons import NeuronSet, neuron_parameters
+from polineurons.stance import pad_id_of, pad_right
 from polineurons.versions import library_versions
 
 TRAIN_MODES = ("full", "mlp", "lora")
@@ -117,15 +118,12 @@ def encode_examples(tokenizer, pairs: Sequence[tuple[str, str]], max_seq_len: in
 
 
 def _collate(examples, indices, pad_id, device):
-    width = max(len(examples[i][0]) for i in indices)
-    tokens = torch.full((len(indices), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(indices), width), dtype=torch.long)
-    labels = torch.full((len(indices), width), -100, dtype=torch.long)
+    """Right-padded batch; labels are the answer tokens, -100 elsewhere."""
+    tokens, mask = pad_right([examples[i][0] for i in indices], pad_id)
+    labels = torch.full_like(tokens, -100)
     for row, i in enumerate(indices):
         ids, start = examples[i]
-        tokens[row, : len(ids)] = torch.tensor(ids)
-        mask[row, : len(ids)] = 1
-        labels[row, start : len(ids)] = torch.tensor(ids[start:])
+        labels[row, start : len(ids)] = tokens[row, start : len(ids)]
     return tokens.to(device), mask.to(device), labels.to(device)
 
 
@@ -210,7 +208,7 @@ def finetune(
     )
     result = FinetuneResult(config, n_examples=len(examples), n_trainable=sum(p.numel() for p in trainable), meta=dict(meta or {}))
     generator = torch.Generator().manual_seed(config.seed)
-    pad_id = model.tokenizer.pad_token_id or 0
+    pad_id = pad_id_of(model)
     if inhibit_mode not in INHIBIT_MODES:
         raise ValueError(f"inhibit_mode must be one of {', '.join(INHIBIT_MODES)}, got {inhibit_mode!r}.")
     active = inhibit is not None and bool(inhibit)
@@ -305,8 +303,6 @@ def _merge_lora(model, peft_model) -> None:
         for name, child in list(module.named_children()):
             if isinstance(child, LoraLayer):
                 setattr(module, name, child.get_base_layer())
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
 
 
 def hf_state_dict(model) -> dict[str, torch.Tensor]:

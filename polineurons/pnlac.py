@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -66,7 +66,6 @@ def contrast_scores(base, finetuned, sequences: Sequence[Sequence[int]], *, batc
         with torch.no_grad(), finetuned.hooks(fwd_hooks=hooks):
             finetuned(tokens, attention_mask=mask)
         n_tokens += int(mask.sum())
-        del recorded
     return (sum_squares / n_tokens).sqrt().float().cpu()
 
 

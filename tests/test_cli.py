@@ -1,7 +1,5 @@
 import math
 
-import pytest
-
 from typer.testing import CliRunner
 
 from polineurons.cli import app

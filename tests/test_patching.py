@@ -34,7 +34,7 @@ def test_empty_set_gives_base_and_all_neurons_give_finetuned(tiny_llama, tiny_ca
         assert patched.score == pytest.approx(full.score, abs=1e-5)
     assert any(abs(b.score - f.score) > 1e-3 for b, f in zip(scores["base"], scores["finetuned"]))
     table = recovery_table(scores)
-    for topic, row in table["all"].items():
+    for row in table["all"].values():
         assert row.recovery == pytest.approx(1.0, abs=1e-3) and row.n == 2
     assert all(row.recovery == 0.0 for row in table["empty"].values())
 

@@ -3,7 +3,6 @@ import torch
 
 from polineurons import load_model
 from polineurons.data import load_data
-from polineurons.neurons import NeuronSet
 from polineurons.pnlac import Localization, contrast_scores, localize, split_general_specific, top_percent, topic_sequences
 
 
