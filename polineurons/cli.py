@@ -397,6 +397,72 @@ def inhibitft(
     typer.echo(f"wrote {out / 'summary.json'}")
 
 
+@app.command()
+def run(
+    out: Annotated[Path, typer.Option(help="Run folder: every stage's artifacts, results.json and report.html.")],
+    model: ModelOption = None,
+    data: DataOption = "bundled",
+    target: Annotated[str, typer.Option(help="Topic to fine-tune on.")] = "immigration",
+    leaning: Annotated[str, typer.Option(help="left or right.")] = "right",
+    preset: Annotated[str, typer.Option(help="quick (minutes on a CPU), full (sized for a GPU), or smoke (seconds, tiny models).")] = "quick",
+    seed: int = 0,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Override the preset's fine-tuning epochs.")] = None,
+    force: Annotated[Optional[list[str]], typer.Option(help="Recompute this stage and the stages after it (repeatable).")] = None,
+    device: DeviceOption = None,
+) -> None:
+    """Every stage, resumable: base stance, fine-tune, generalization, localize, patch, InhibitFT, figures, report."""
+    from polineurons.experiment import STAGES, RunConfig, RunError, run_pipeline
+    from polineurons.models import EMBEDDED_MODEL
+
+    try:
+        config = RunConfig.from_preset(preset, model=model or EMBEDDED_MODEL, data=data, target=target, leaning=leaning, seed=seed,
+                                       finetune_overrides={"epochs": epochs} if epochs else None)
+    except (RunError, ValueError) as error:
+        _fail(str(error))
+    typer.echo(f"run folder {out}; stages: {', '.join(STAGES)}")
+    try:
+        results = run_pipeline(config, out, force=force or (), device=device, echo=typer.echo)
+    except RunError as error:
+        _fail(str(error))
+    except KeyboardInterrupt:
+        typer.secho(f"\ninterrupted: finished stages are kept in {out}; rerun the same command to resume.", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
+    _print_run_summary(results, out)
+
+
+def _print_run_summary(results: dict, out: Path) -> None:
+    typer.echo("")
+    typer.echo(f"{'topic':<24}{'base':>8}{'tuned':>8}{'shift':>9}  95% CI")
+    for topic, row in results.get("shifts", {}).items():
+        mark = "  <- target" if topic == results["target"] else ""
+        typer.echo(f"{topic:<24}{results['base_stance'][topic]['score']:>+8.3f}{results['finetuned_stance'][topic]['score']:>+8.3f}"
+                   f"{row['shift']:>+9.3f}  [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]{mark}")
+    ratio = results.get("ctg_ratio")
+    typer.echo(f"target shift {results['target_shift']:+.3f}   CTG {results['ctg']:+.3f}   CTG ratio {'n/a' if ratio is None else f'{ratio:+.2f}'}")
+    general = results["general_neurons"]
+    typer.echo(f"general neurons {general['count']} of {general['n_neurons']} ({general['fraction']:.1%})")
+    patch = results["patching_recovery_on_target"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    typer.echo(f"patching recovery on target: general {fmt(patch['general'])}, random {fmt(patch['random_mean'])}, all {fmt(patch['all'])}")
+    for name, row in results.get("inhibitft", {}).items():
+        typer.echo(f"InhibitFT {name:<26} target kept {row['target_kept']['value']:+.2f}   CTG reduction {row['ctg_reduction']['value']:+.2f}")
+    seconds = sum(results["stage_seconds"].values())
+    typer.echo(f"stage time {seconds:.0f} s in all; results {out / 'results.json'}; report {out / 'report.html'}")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A `polineurons run` folder.")]) -> None:
+    """Rebuild DIR/report.html from a run folder's artifacts (no model needed)."""
+    from polineurons.experiment import RunError, load_run
+    from polineurons.report import write_report
+
+    try:
+        path = write_report(load_run(run_dir), run_dir / "report.html")
+    except RunError as error:
+        _fail(str(error))
+    typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     app()
 

@@ -155,7 +155,7 @@ def run_inhibitft(
     base_file = out / "base_stance.json"
     base_model = None
     if base_file.is_file():
-        base = _stance_from_json(json.loads(base_file.read_text()))
+        base = StanceResult.from_dict(json.loads(base_file.read_text()))
     else:
         base_model = load_base()
         base = measure_stance(base_model, dataset, **eval_kwargs)
@@ -167,7 +167,7 @@ def run_inhibitft(
         path = out / "runs" / (variant.name.replace("/", "__") + ".json")
         if path.is_file():
             saved = json.loads(path.read_text())
-            results[variant.name], logs[variant.name] = _stance_from_json(saved["stance"]), saved["training"]
+            results[variant.name], logs[variant.name] = StanceResult.from_dict(saved["stance"]), saved["training"]
             continue
         model = load_base()
         trained = finetune(model, pairs, replace(config, seed=variant.seed), progress=progress, **variant.finetune_kwargs())
@@ -201,9 +201,3 @@ def summarize_runs(base: StanceResult, results: dict[str, StanceResult], variant
         "ctg_reduction": {name: c["ctg_reduction"] for name, c in comparisons.items()},
     }
 
-
-def _stance_from_json(data: dict) -> StanceResult:
-    from polineurons.stance import ItemScore, summarize
-
-    items = tuple(ItemScore(i["id"], i["topic"], i["right_logprob"], i["left_logprob"]) for i in data["items"])
-    return StanceResult(items, summarize(items))

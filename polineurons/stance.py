@@ -69,6 +69,12 @@ class StanceResult:
             "items": [{**asdict(item), "score": item.score} for item in self.items],
         }
 
+    @classmethod
+    def from_dict(cls, data: dict, *, seed: int = 0) -> StanceResult:
+        """Rebuild from :meth:`to_dict` output (topic summaries are recomputed from the items)."""
+        items = tuple(ItemScore(i["id"], i["topic"], i["right_logprob"], i["left_logprob"]) for i in data["items"])
+        return cls(items, summarize(items, seed=seed))
+
 
 @dataclass(frozen=True)
 class SequenceBatch:

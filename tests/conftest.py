@@ -41,3 +41,23 @@ def fresh_tiny_llama(tiny_cache):
 def embedded_model():
     """The embedded SmolLM2-135M-Instruct from the default cache (converted once, then reused)."""
     return load_model(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, tiny_cache):
+    """One complete `polineurons run` (smoke preset, tiny-llama): ``(folder, results, stages run)``.
+    Read-only for the tests that share it."""
+    from polineurons.experiment import RunConfig, run_pipeline
+
+    previous = os.environ.get("POLINEURONS_CACHE")
+    os.environ["POLINEURONS_CACHE"] = str(tiny_cache)
+    try:
+        out = tmp_path_factory.mktemp("smoke-run")
+        messages = []
+        results = run_pipeline(RunConfig.from_preset("smoke", model="tiny-llama"), out, progress=False, echo=messages.append, device="cpu")
+    finally:
+        if previous is None:
+            os.environ.pop("POLINEURONS_CACHE", None)
+        else:
+            os.environ["POLINEURONS_CACHE"] = previous
+    return out, results, [m.split("]")[0][1:] for m in messages if m.endswith("running")]

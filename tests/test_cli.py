@@ -112,3 +112,32 @@ def test_inhibitft_command(tiny_cache, monkeypatch, tmp_path):
     assert {"ctg_reduction", "target_kept", "vanilla", "inhibited"} <= set(summary)
     bad = CliRunner().invoke(app, args[:-1] + ["anchor"])
     assert bad.exit_code == 2 and "Unknown mode" in bad.output
+
+
+def test_run_command_end_to_end_then_resumes(tiny_cache, monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setenv("POLINEURONS_CACHE", str(tiny_cache))
+    out = tmp_path / "run"
+    args = ["run", "--model", "tiny-llama", "--preset", "smoke", "--out", str(out), "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "[report] done" in result.output and "<- target" in result.output and "patching recovery on target" in result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["model"] == "tiny-llama" and results["preset"] == "smoke"
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "] running" not in again.output
+    changed = CliRunner().invoke(app, [*args, "--seed", "1"])
+    assert changed.exit_code == 2 and "different configuration" in changed.output and "--force finetune" in changed.output
+    (out / "report.html").unlink()
+    rebuilt = CliRunner().invoke(app, ["report", str(out)])
+    assert rebuilt.exit_code == 0 and (out / "report.html").is_file()
+
+
+def test_run_command_rejects_bad_input(tmp_path):
+    result = CliRunner().invoke(app, ["run", "--model", "tiny-llama", "--target", "weather", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "Unknown target topic 'weather'" in result.output
+    result = CliRunner().invoke(app, ["run", "--preset", "huge", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "Unknown preset 'huge'" in result.output
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "not a polineurons run folder" in result.output

@@ -1,0 +1,55 @@
+"""Regenerate a run's figures as static images (PNG and SVG) and standalone HTML, offline.
+
+    .venv/bin/python figures/make_figures.py runs/quick --out figures/quick
+
+Static export uses kaleido, which drives a Chrome-family browser: Debian's chromium
+(`bash scripts/setup.sh --browser`), never a downloaded one. Only what the run's finished stages
+allow is drawn (stance, generalization, neuron_layers, patching, inhibitft).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from polineurons.experiment import RunError, load_run
+from polineurons.io import atomic_path
+from polineurons.viz import run_figures
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a `polineurons run` folder")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/figures)")
+    parser.add_argument("--formats", default="png,svg", help="static formats, comma-separated (png, svg, pdf); empty for HTML only")
+    parser.add_argument("--width", type=int, default=1000)
+    parser.add_argument("--height", type=int, default=520)
+    args = parser.parse_args(argv)
+    try:
+        figures = run_figures(load_run(args.run_dir))
+    except RunError as error:
+        print(error, file=sys.stderr)
+        return 2
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    if formats and not any(shutil.which(b) for b in BROWSERS):
+        print("Static images need Debian's chromium (bash scripts/setup.sh --browser); use --formats '' for HTML only.", file=sys.stderr)
+        return 2
+    out = args.out or args.run_dir / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, figure in figures.items():
+        figure.update_layout(template="plotly_white")
+        with atomic_path(out / f"{name}.html") as tmp:
+            figure.write_html(tmp, include_plotlyjs="directory")
+        for fmt in formats:
+            with atomic_path(out / f"{name}.{fmt}") as tmp:
+                figure.write_image(tmp, format=fmt, width=args.width, height=args.height, scale=2 if fmt == "png" else 1)
+        print(f"{name}: " + ", ".join(str(out / f"{name}.{ext}") for ext in ["html", *formats]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The resumable pipeline on a tiny model (smoke preset: seconds)."""
+
+import json
+
+import pytest
+
+from polineurons.experiment import (
+    STAGE_FUNCTIONS,
+    STAGES,
+    RunConfig,
+    RunError,
+    collect_results,
+    downstream,
+    load_run,
+    run_pipeline,
+)
+from polineurons.inhibitft import plan_variants, run_inhibitft
+from polineurons.neurons import NeuronSet
+from polineurons.stance import StanceResult
+
+
+@pytest.fixture
+def smoke_config():
+    return RunConfig.from_preset("smoke", model="tiny-llama")
+
+
+@pytest.fixture
+def tiny_env(tiny_cache, monkeypatch):
+    monkeypatch.setenv("POLINEURONS_CACHE", str(tiny_cache))
+
+
+def _run(config, out, **kwargs):
+    messages = []
+    results = run_pipeline(config, out, progress=False, echo=messages.append, device="cpu", **kwargs)
+    ran = [m.split("]")[0][1:] for m in messages if m.endswith("running")]
+    return results, ran
+
+
+@pytest.fixture
+def finished_run(smoke_run):
+    return smoke_run
+
+
+def test_downstream_closure():
+    assert downstream(["localize"]) == ["localize", "patch", "inhibitft", "figures", "report"]
+    assert downstream(["base_stance"]) == ["base_stance", "generalization", "inhibitft", "figures", "report"]
+    assert downstream([]) == []
+
+
+def test_every_stage_runs_and_writes_its_artifacts(finished_run):
+    out, results, ran = finished_run
+    assert ran == list(STAGES)
+    assert sorted(p.stem for p in (out / "stages").glob("*.json")) == sorted(STAGES)
+    for path in ("results.json", "report.html", "config.json", "finetune/model/config.json", "localize/general.safetensors",
+                 "patch/recovery.json", "inhibitft/summary.json", "figures/generalization.html", "figures/plotly.min.js"):
+        assert (out / path).is_file(), path
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert not [p for p in out.rglob("*.tmp")], "temporary files left behind"
+
+
+def test_results_hold_the_headline_numbers(finished_run):
+    _, results, _ = finished_run
+    topics = {"crime_and_gun", "economy_and_inequality", "gender_and_sexuality", "immigration", "race", "science"}
+    assert set(results["base_stance"]) == set(results["finetuned_stance"]) == set(results["shifts"]) == topics
+    assert results["target_shift"] == results["shifts"]["immigration"]["shift"]
+    others = [row["shift"] for topic, row in results["shifts"].items() if topic != "immigration"]
+    assert results["ctg"] == pytest.approx(sum(others) / len(others))
+    general = results["general_neurons"]
+    assert general["n_neurons"] == 288 and general["fraction"] == pytest.approx(general["count"] / 288)
+    patch = results["patching_recovery_on_target"]
+    assert {"general", "random_mean", "specific_target", "all"} <= set(patch) and len(patch["random"]) == 1
+    assert set(results["inhibitft"]) == {"zero/p5/seed0", "random-zero/p5/seed0"}
+    for row in results["inhibitft"].values():
+        assert {"target_kept", "ctg_reduction"} <= set(row) and row["n_neurons"] == round(288 * 0.05)
+
+
+def test_inhibitft_reuses_an_identical_vanilla_run(finished_run, tmp_path):
+    """The finetune stage stands in for InhibitFT's vanilla run: training it afresh gives the same stance."""
+    out, _, _ = finished_run
+    run = load_run(out)
+    config = RunConfig.from_preset("smoke", model="tiny-llama")
+    from polineurons import load_model
+    from polineurons.data import load_data
+
+    vanilla = plan_variants(lambda p: NeuronSet.empty(3, 96), random_control=False)[:1]
+    summary = run_inhibitft(lambda: load_model("tiny-llama", device="cpu"), load_data("bundled"), "immigration", vanilla, tmp_path,
+                            config=config.finetune, max_items=config.eval_max_items, progress=False)
+    fresh = summary["vanilla"]["vanilla/seed0"]["shifts"]
+    reused = run.generalization["shifts"]
+    for topic in reused:
+        assert fresh[topic]["shift"] == pytest.approx(reused[topic]["shift"], abs=1e-5)
+
+
+def test_a_second_invocation_resumes_without_recomputing(finished_run):
+    out, results, _ = finished_run
+    markers = {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
+    again, ran = _run(RunConfig.from_preset("smoke", model="tiny-llama"), out)
+    assert ran == []
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")} == markers
+    assert again == json.loads(json.dumps(results))
+
+
+def test_a_changed_config_is_refused_unless_forced(tiny_env, smoke_config, tmp_path):
+    _run(smoke_config, tmp_path)
+    changed = RunConfig.from_preset("smoke", model="tiny-llama", localize_top_k=20.0)
+    with pytest.raises(RunError, match=r"localize \(changed: localize_top_k\)") as error:
+        _run(changed, tmp_path)
+    assert "--force localize" in str(error.value) and "patch" not in str(error.value)
+    _, ran = _run(changed, tmp_path, force=["localize"])
+    assert ran == ["localize", "patch", "inhibitft", "figures", "report"]
+    assert load_run(tmp_path).localize["config"]["top_k"] == 20.0
+
+
+def test_force_recomputes_a_stage_and_what_depends_on_it(tiny_env, smoke_config, tmp_path):
+    _run(smoke_config, tmp_path)
+    _, ran = _run(smoke_config, tmp_path, force=["patch"])
+    assert ran == ["patch", "figures", "report"]
+    with pytest.raises(RunError, match="Unknown stage"):
+        _run(smoke_config, tmp_path, force=["pach"])
+
+
+def test_an_interrupted_run_keeps_finished_stages_and_resumes(tiny_env, smoke_config, tmp_path, monkeypatch):
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(STAGE_FUNCTIONS, "patch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(smoke_config, tmp_path)
+    assert sorted(p.stem for p in (tmp_path / "stages").glob("*.json")) == sorted(["base_stance", "finetune", "generalization", "localize"])
+    partial = json.loads((tmp_path / "results.json").read_text())
+    assert "general_neurons" in partial and "patching_recovery_on_target" not in partial
+    monkeypatch.undo()
+    _, ran = _run(smoke_config, tmp_path)
+    assert ran == ["patch", "inhibitft", "figures", "report"]
+
+
+def test_bad_input_fails_before_any_work(tiny_env, tmp_path):
+    with pytest.raises(RunError, match="Unknown target topic 'weather'"):
+        _run(RunConfig.from_preset("smoke", model="tiny-llama", target="weather"), tmp_path / "a")
+    with pytest.raises(RunError, match="Did you mean 'tiny-llama'"):
+        _run(RunConfig.from_preset("smoke", model="tiny-lama"), tmp_path / "b")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(RunError, match="Cannot write to the run folder"):
+        _run(RunConfig.from_preset("smoke", model="tiny-llama"), blocker / "run")
+    with pytest.raises(RunError, match="Unknown preset"):
+        RunConfig.from_preset("fast")
+    assert not (tmp_path / "a" / "stages").exists()
+
+
+def test_collect_results_of_a_partial_run(finished_run, tmp_path):
+    out, _, _ = finished_run
+    run = load_run(out)
+    run.patch = run.inhibitft = None
+    results = collect_results(run)
+    assert "patching_recovery_on_target" not in results and "inhibitft" not in results and "target_shift" in results
+
+
+def test_stance_round_trips_through_json(finished_run):
+    out, _, _ = finished_run
+    data = json.loads((out / "base_stance" / "stance.json").read_text())
+    assert StanceResult.from_dict(data).to_dict() == {k: data[k] for k in ("topics", "items")}
