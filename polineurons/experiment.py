@@ -95,8 +95,8 @@ class RunConfig:
     localize_max_items: int | None = 16  # train questions per topic
     example_prompts: int = 2  # per topic, for the neuron view
     example_neurons: int = 12  # top general neurons shown
-    patch_max_items: int | None = 4
-    patch_max_answer_tokens: int | None = 24
+    patch_max_items: int | None = 8  # fewer items give recovery ratios dominated by noise
+    patch_max_answer_tokens: int | None = 32
     patch_random_seeds: int = 2
     patch_specific: str = "target"  # target | all
     inhibit_percents: tuple[float, ...] = (5.0,)
