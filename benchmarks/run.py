@@ -238,7 +238,8 @@ def bench_inhibit_step(name: str, device: str, steps: int, reps: int, seq_len: i
 def _memory_child(name: str, device: str, n_prompts: int) -> dict:
     """Run in a fresh process: extra peak memory of one contrast pass above the loaded models."""
     base, tuned = load_model(name, device=device), perturbed_copy(name, device)
-    sequences = question_sequences(base, n_prompts)
+    # the same 64 prompts repeated: both sizes share the longest batch, so only the count differs
+    sequences = question_sequences(base, 64) * max(1, n_prompts // 64)
     contrast_scores(base, tuned, sequences[:8])  # warm-up: allocator pools, lazy init
     gc.collect()
     if device.startswith("cuda"):
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_child is not None:
         print(json.dumps(_memory_child(name, args.device, args.memory_child)))
         return 0
-    reps = args.reps or (3 if args.quick else 5)
+    reps = args.reps or 3
     n_prompts = 24 if args.quick else 48
     only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 8))
     started = time.perf_counter()
@@ -345,9 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs = {
         1: lambda: bench_contrast_vs_forwards(base, tuned, n_prompts, reps),
         2: lambda: bench_contrast_vs_reference(base, tuned, n_prompts // 2, max(2, reps - 2)),
-        3: lambda: bench_stance_scoring(base, 48 if not args.quick else 16, reps),
+        3: lambda: bench_stance_scoring(base, 32 if not args.quick else 16, reps),
         4: lambda: bench_attribution(base, tuned, 4, 8 if args.quick else 16),
-        5: lambda: bench_inhibit_step(name, args.device, 4, reps if args.quick else 3, 320 if args.quick else 192),
+        5: lambda: bench_inhibit_step(name, args.device, 4, reps, 320 if args.quick else 192),
         6: lambda: bench_memory(name, args.device, 64, 512),
         7: lambda: bench_load(name, args.device),
     }

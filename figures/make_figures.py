@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="a `polineurons run` folder")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/figures)")
     parser.add_argument("--formats", default="png,svg", help="static formats, comma-separated (png, svg, pdf); empty for HTML only")
+    parser.add_argument("--no-html", action="store_true", help="static images only (no HTML pages, no plotly.min.js)")
     parser.add_argument("--width", type=int, default=1000)
     parser.add_argument("--height", type=int, default=520)
     args = parser.parse_args(argv)
@@ -42,12 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for name, figure in figures.items():
         figure.update_layout(template="plotly_white")
-        with atomic_path(out / f"{name}.html") as tmp:
-            figure.write_html(tmp, include_plotlyjs="directory")
+        if not args.no_html:
+            with atomic_path(out / f"{name}.html") as tmp:
+                figure.write_html(tmp, include_plotlyjs="directory")
         for fmt in formats:
             with atomic_path(out / f"{name}.{fmt}") as tmp:
                 figure.write_image(tmp, format=fmt, width=args.width, height=args.height, scale=2 if fmt == "png" else 1)
-        print(f"{name}: " + ", ".join(str(out / f"{name}.{ext}") for ext in ["html", *formats]))
+        print(f"{name}: " + ", ".join(str(out / f"{name}.{ext}") for ext in ([] if args.no_html else ["html"]) + formats))
     return 0
 
 

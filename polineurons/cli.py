@@ -232,6 +232,7 @@ def localize(
     inputs: Annotated[str, typer.Option(help="question, or question_answers.")] = "question",
     normalize: Annotated[str, typer.Option(help="none, or layer_z (z-score each layer).")] = "none",
     max_items: Annotated[Optional[int], typer.Option(min=1, help="At most N train items per topic.")] = None,
+    skip_shared_prefix: Annotated[bool, typer.Option(help="Score only tokens after the prompt prefix every topic shares (system prompt, turn markers).")] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     device: DeviceOption = None,
 ) -> None:
@@ -246,7 +247,7 @@ def localize(
     base_model = _load(base, device)
     tuned = _load(str(finetuned), device)
     result = run_localize(base_model, tuned, dataset, top_k=top_k, min_topics=min_topics, inputs=inputs,
-                          normalize=normalize, max_items=max_items, batch_size=batch_size)
+                          normalize=normalize, max_items=max_items, skip_shared_prefix=skip_shared_prefix, batch_size=batch_size)
     result.save(out)
     summary = result.summary()
     general = summary["general"]

@@ -65,7 +65,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "base_stance": ("model", "data", "eval_max_items"),
     "finetune": ("model", "data", "target", "leaning", "seed", "finetune"),
     "generalization": ("eval_max_items",),
-    "localize": ("localize_top_k", "localize_normalize", "localize_max_items", "example_prompts", "example_neurons"),
+    "localize": ("localize_top_k", "localize_normalize", "localize_max_items", "localize_skip_prefix", "example_prompts", "example_neurons"),
     "patch": ("patch_max_items", "patch_max_answer_tokens", "patch_random_seeds", "patch_specific"),
     "inhibitft": ("inhibit_percents", "inhibit_modes", "inhibit_scale", "inhibit_random_control"),
     "figures": (),
@@ -93,6 +93,7 @@ class RunConfig:
     localize_top_k: float = 30.0
     localize_normalize: str = "none"
     localize_max_items: int | None = 16  # train questions per topic
+    localize_skip_prefix: bool = False  # score only tokens after the prompt prefix all topics share
     example_prompts: int = 2  # per topic, for the neuron view
     example_neurons: int = 12  # top general neurons shown
     patch_max_items: int | None = 8  # fewer items give recovery ratios dominated by noise
@@ -251,7 +252,7 @@ def _stage_generalization(ctx: RunContext) -> None:
 def _stage_localize(ctx: RunContext) -> None:
     config = ctx.config
     located = localize(ctx.base, ctx.tuned, ctx.dataset, top_k=config.localize_top_k, normalize=config.localize_normalize,
-                       max_items=config.localize_max_items, progress=ctx.progress)
+                       max_items=config.localize_max_items, skip_shared_prefix=config.localize_skip_prefix, progress=ctx.progress)
     located.save(ctx.path("localize"))
     _record_examples(ctx, located)
 

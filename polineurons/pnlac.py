@@ -36,8 +36,11 @@ INPUTS = ("question", "question_answers")
 NORMALIZATIONS = ("none", "layer_z")
 
 
-def contrast_scores(base, finetuned, sequences: Sequence[Sequence[int]], *, batch_size: int = 8, progress: bool = False) -> Scores:
-    """Per-neuron RMS of (fine-tuned − base) activations over every non-padding token of ``sequences``."""
+def contrast_scores(
+    base, finetuned, sequences: Sequence[Sequence[int]], *, skip: int = 0, batch_size: int = 8, progress: bool = False
+) -> Scores:
+    """Per-neuron RMS of (fine-tuned − base) activations over every non-padding token of ``sequences``
+    from position ``skip`` on (the first ``skip`` tokens still run, as context, but are not scored)."""
     n_layers, d_mlp = model_shape(base)
     if model_shape(finetuned) != (n_layers, d_mlp):
         raise ValueError(f"Models differ in shape: {model_shape(base)} vs {model_shape(finetuned)}.")
@@ -49,7 +52,9 @@ def contrast_scores(base, finetuned, sequences: Sequence[Sequence[int]], *, batc
     for indices in tqdm(length_sorted_batches([len(s) for s in sequences], batch_size), desc="contrast", disable=not progress, leave=False):
         tokens, mask = pad_right([sequences[i] for i in indices], pad_id_of(base))
         tokens, mask = tokens.to(device), mask.to(device)
-        weight = mask[..., None].float()
+        scored = mask.clone()
+        scored[:, :skip] = 0
+        weight = scored[..., None].float()
         with torch.no_grad(), record_neurons(base) as base_acts:
             base(tokens, attention_mask=mask)
         recorded = dict(base_acts)
@@ -65,7 +70,9 @@ def contrast_scores(base, finetuned, sequences: Sequence[Sequence[int]], *, batc
         hooks = [(mlp_post_hook_name(layer), make_hook(layer)) for layer in range(n_layers)]
         with torch.no_grad(), finetuned.hooks(fwd_hooks=hooks):
             finetuned(tokens, attention_mask=mask)
-        n_tokens += int(mask.sum())
+        n_tokens += int(scored.sum())
+    if n_tokens == 0:
+        raise ValueError(f"No token left to score: every sequence is at most skip={skip} tokens long.")
     return (sum_squares / n_tokens).sqrt().float().cpu()
 
 
@@ -192,6 +199,19 @@ def split_general_specific(top: dict[str, NeuronSet], min_topics: int | None = N
     return general, {topic: s - general for topic, s in top.items()}
 
 
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Number of leading tokens every sequence shares (the chat template's system prompt and turn
+    markers): identical in every topic, so activation changes there are not topic-related."""
+    if not sequences:
+        return 0
+    first = sequences[0]
+    length = min(len(s) for s in sequences)
+    for i in range(length):
+        if any(s[i] != first[i] for s in sequences):
+            return i
+    return length
+
+
 def localize(
     base,
     finetuned,
@@ -203,19 +223,26 @@ def localize(
     normalize: str = "none",
     topics: Sequence[str] | None = None,
     max_items: int | None = None,
+    skip_shared_prefix: bool = False,
     batch_size: int = 8,
     progress: bool = True,
 ) -> Localization:
-    """PNLAC on every topic of ``dataset`` (train split) and the general / specific split."""
+    """PNLAC on every topic of ``dataset`` (train split) and the general / specific split.
+
+    ``skip_shared_prefix``: score only the tokens after the prefix that every prompt shares (system
+    prompt, turn markers); by default every token counts, as in the paper.
+    """
     normalize_scores(torch.zeros(1, 2), normalize)  # validate early
     chosen = list(topics) if topics is not None else dataset.topics
     scores, top = {}, {}
     model_name = getattr(finetuned.cfg, "model_name", None)
+    per_topic = {t: topic_sequences(base.tokenizer, dataset, t, inputs=inputs, max_items=max_items) for t in chosen}
+    skip = shared_prefix_length([s for seqs in per_topic.values() for s in seqs]) if skip_shared_prefix else 0
     for topic in tqdm(chosen, desc="PNLAC topics", disable=not progress):
-        sequences = topic_sequences(base.tokenizer, dataset, topic, inputs=inputs, max_items=max_items)
-        raw = contrast_scores(base, finetuned, sequences, batch_size=batch_size, progress=progress)
+        raw = contrast_scores(base, finetuned, per_topic[topic], skip=skip, batch_size=batch_size, progress=progress)
         scores[topic] = normalize_scores(raw, normalize)
         top[topic] = top_percent(scores[topic], top_k, model_name=model_name, provenance={"topic": topic, "top_k": top_k})
     general, specific = split_general_specific(top, min_topics)
-    config = {"top_k": top_k, "min_topics": min_topics, "inputs": inputs, "normalize": normalize, "max_items": max_items, "data": dataset.source, "model": model_name}
+    config = {"top_k": top_k, "min_topics": min_topics, "inputs": inputs, "normalize": normalize, "max_items": max_items,
+              "skip_shared_prefix": skip_shared_prefix, "skipped_tokens": skip, "data": dataset.source, "model": model_name}
     return Localization(scores, top, general, specific, config)

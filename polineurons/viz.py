@@ -164,7 +164,7 @@ def patching_recovery(patch: dict) -> go.Figure:
     figure.update_yaxes(title_text="(patched − base) / (fine-tuned − base)", row=1, col=1)
     figure.update_yaxes(title_text="shift from base", row=1, col=2)
     figure.update_layout(title="Activation patching: how much of the fine-tune's stance shift each neuron set carries",
-                         barmode="group", legend={"orientation": "h", "y": -0.25})
+                         barmode="group", legend={"orientation": "h", "y": -0.3}, margin={"b": 170})
     return figure
 
 

@@ -3,7 +3,15 @@ import torch
 
 from polineurons import load_model
 from polineurons.data import load_data
-from polineurons.pnlac import Localization, contrast_scores, localize, split_general_specific, top_percent, topic_sequences
+from polineurons.pnlac import (
+    Localization,
+    contrast_scores,
+    localize,
+    shared_prefix_length,
+    split_general_specific,
+    top_percent,
+    topic_sequences,
+)
 
 
 def copy_with(tiny_cache, edit):
@@ -48,6 +56,25 @@ def test_padding_does_not_change_scores(tiny_llama, tiny_cache, sequences):
     batched = contrast_scores(tiny_llama, other, sequences, batch_size=6)
     single = contrast_scores(tiny_llama, other, sequences, batch_size=1)
     torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-6)
+
+
+def test_shared_prefix_length():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_prefix_length([[1, 2], [1, 2, 3]]) == 2 and shared_prefix_length([[7], [8]]) == 0 and shared_prefix_length([]) == 0
+
+
+def test_skipped_prefix_tokens_are_not_scored(tiny_llama, tiny_cache, sequences):
+    other = copy_with(tiny_cache, bump_neuron(1, 3, 1.5))
+    skip = shared_prefix_length(sequences)
+    assert skip > 0  # the chat template's shared start
+    assert torch.equal(contrast_scores(tiny_llama, other, sequences, skip=0), contrast_scores(tiny_llama, other, sequences))
+    scored = contrast_scores(tiny_llama, other, sequences, skip=skip, batch_size=1)
+    assert not torch.allclose(scored, contrast_scores(tiny_llama, other, sequences, batch_size=1))
+    # a sequence that ends inside the skipped prefix contributes nothing
+    padded = contrast_scores(tiny_llama, other, [*sequences, sequences[0][:skip]], skip=skip, batch_size=1)
+    torch.testing.assert_close(padded, scored, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="No token left"):
+        contrast_scores(tiny_llama, other, [sequences[0][:skip]], skip=skip)
 
 
 def test_top_percent_and_general_specific_split():
