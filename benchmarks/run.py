@@ -4,7 +4,7 @@ Every measurement is a RATIO against a baseline run side by side in the same pro
 candidate and baseline for several repetitions (median and min–max spread reported), so machine
 load cancels out as far as it can. Absolute seconds are recorded too, but only ratios are judged.
 
-    .venv/bin/python benchmarks/run.py            # embedded SmolLM2-135M-Instruct (about 10 minutes on 2 cores)
+    .venv/bin/python benchmarks/run.py            # embedded SmolLM2-135M-Instruct (about 19 minutes on 2 cores)
     .venv/bin/python benchmarks/run.py --quick    # tiny random model (under a minute)
 
 Writes benchmarks/RESULTS.md and benchmarks/results.json (RESULTS-quick.md / results-quick.json
