@@ -151,7 +151,7 @@ def patching_recovery(patch: dict) -> go.Figure:
                            subplot_titles=(f"recovery on {target} (target)", "stance shift per topic: fine-tuned vs patched"))
     on_target = [recovery[name][target] for name in names]
     figure.add_trace(go.Bar(
-        x=[f"{name} ({patch['set_sizes'][name]})" for name in names], y=[r["recovery"] for r in on_target],
+        x=[f"{name}<br>({patch['set_sizes'][name]:,})" for name in names], y=[r["recovery"] for r in on_target],
         error_y=_error_bars(on_target, "recovery"), marker_color=[colour[n] or "#7570b3" for n in names], showlegend=False,
         hovertemplate="%{x}<br>recovery %{y:.2f}<extra></extra>",
     ), row=1, col=1)
@@ -164,7 +164,7 @@ def patching_recovery(patch: dict) -> go.Figure:
     figure.update_yaxes(title_text="(patched − base) / (fine-tuned − base)", row=1, col=1)
     figure.update_yaxes(title_text="shift from base", row=1, col=2)
     figure.update_layout(title="Activation patching: how much of the fine-tune's stance shift each neuron set carries",
-                         barmode="group", legend={"orientation": "h", "y": -0.3}, margin={"b": 170})
+                         barmode="group")
     return figure
 
 
