@@ -52,9 +52,11 @@ def inhibitft_tradeoff(summary: dict) -> go.Figure:
     for row in summary["comparisons"].values():
         label = "random control (zero)" if row["control"] else (f"scale {row['scale']:g}" if row["mode"] == "scale" else row["mode"])
         groups.setdefault(label, []).append(row)
-    for label, rows in groups.items():
+    palette = ["#1b7837", "#d6604d", "#7570b3", "#e7298a"]
+    for number, (label, rows) in enumerate(groups.items()):
         rows = sorted(rows, key=lambda r: r["percent"])
         control = label.startswith("random")
+        colour = _GREY if control else palette[number % len(palette)]
         for col, key in ((1, "ctg_reduction"), (2, "target_kept")):
             values = [r[key] for r in rows]
             figure.add_trace(
@@ -65,7 +67,8 @@ def inhibitft_tradeoff(summary: dict) -> go.Figure:
                              "array": [v["ci_high"] - v["value"] for v in values],
                              "arrayminus": [v["value"] - v["ci_low"] for v in values]},
                     mode="markers" if control else "lines+markers",
-                    marker={"symbol": "circle-open" if control else "circle", "size": 9},
+                    marker={"symbol": "circle-open" if control else "circle", "size": 9, "color": colour},
+                    line={"color": colour},
                     name=label,
                     legendgroup=label,
                     showlegend=col == 1,
@@ -73,7 +76,8 @@ def inhibitft_tradeoff(summary: dict) -> go.Figure:
                 row=1,
                 col=col,
             )
-    figure.update_xaxes(title_text="% of all MLP neurons inhibited", type="log")
+    percents = sorted({r["percent"] for r in summary["comparisons"].values()})
+    figure.update_xaxes(title_text="% of all MLP neurons inhibited", type="log", tickvals=percents, ticktext=[f"{p:g}" for p in percents])
     figure.update_layout(title=f"InhibitFT on {summary.get('target', '?')}: spill-over removed vs target kept")
     return figure
 
