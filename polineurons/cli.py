@@ -20,6 +20,7 @@ ModelOption = Annotated[
 ]
 DeviceOption = Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda if available).")]
 BaseOption = Annotated[Optional[str], typer.Option(help="Base model (default: the embedded model).")]
+LeaningOption = Annotated[str, typer.Option(help="left or right.")]
 FinetunedOption = Annotated[Path, typer.Option(help="Fine-tuned model folder.")]
 DataOption = Annotated[str, typer.Option(help="'bundled', a JSONL file or folder, an IDEOINST-style folder, or hf:NAME.")]
 
@@ -145,7 +146,7 @@ def stance(
 def finetune(
     topic: Annotated[str, typer.Option(help="Topic to fine-tune on (its train split).")],
     out: Annotated[Path, typer.Option(help="Folder for the fine-tuned model and training_log.json.")],
-    leaning: Annotated[str, typer.Option(help="left or right.")] = "right",
+    leaning: LeaningOption = "right",
     model: ModelOption = None,
     data: DataOption = "bundled",
     epochs: Annotated[int, typer.Option(min=1)] = 3,
@@ -348,7 +349,7 @@ def inhibitft(
     out: Annotated[Path, typer.Option(help="Folder for per-run results and summary.json (reruns resume).")],
     base: BaseOption = None,
     data: DataOption = "bundled",
-    leaning: Annotated[str, typer.Option(help="left or right.")] = "right",
+    leaning: LeaningOption = "right",
     percent: Annotated[str, typer.Option(help="Percent(s) of ALL neurons to inhibit, taken from the top general neurons, e.g. 5 or 1,2,5,10,20.")] = "5",
     mode: Annotated[str, typer.Option(help="zero, scale, freeze, or several comma-separated.")] = "zero",
     scale: Annotated[float, typer.Option(help="Factor for --mode scale, in (0, 1).")] = 0.5,
@@ -404,7 +405,7 @@ def run(
     model: ModelOption = None,
     data: DataOption = "bundled",
     target: Annotated[str, typer.Option(help="Topic to fine-tune on.")] = "immigration",
-    leaning: Annotated[str, typer.Option(help="left or right.")] = "right",
+    leaning: LeaningOption = "right",
     preset: Annotated[str, typer.Option(help="quick (minutes on a CPU), full (sized for a GPU), or smoke (seconds, tiny models).")] = "quick",
     seed: int = 0,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Override the preset's fine-tuning epochs.")] = None,

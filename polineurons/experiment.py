@@ -35,7 +35,7 @@ from polineurons.data import encode_prompt, load_data
 from polineurons.data.items import DataError, StanceDataset, check_leaning
 from polineurons.finetune import FinetuneConfig, finetune, training_pairs
 from polineurons.generalization import compare
-from polineurons.hooks import record_neurons
+from polineurons.hooks import neuron_activations
 from polineurons.inhibitft import MODES, plan_variants, run_inhibitft
 from polineurons.io import atomic_path, atomic_write_text
 from polineurons.models import EMBEDDED_MODEL, load_model, resolve_model_path
@@ -262,17 +262,12 @@ def _record_examples(ctx: RunContext, located: Localization) -> None:
     neurons = located.general_ranking()[: ctx.config.example_neurons].tolist()
     items = ctx.dataset.select(split="eval", max_items=ctx.config.example_prompts).items
     tokenizer = ctx.base.tokenizer
-    layers = sorted({layer for layer, _ in neurons})
     tensors: dict[str, torch.Tensor] = {}
     prompts = []
     for i, item in enumerate(items):
         ids = encode_prompt(tokenizer, item.question)
-        tokens = torch.tensor([ids], device=ctx.base.cfg.device)
         for name, model in (("base", ctx.base), ("finetuned", ctx.tuned)):
-            with torch.no_grad(), record_neurons(model, layers) as acts:
-                model(tokens)
-            columns = [acts[layer][0, :, index] for layer, index in neurons]
-            tensors[f"{name}/{i}"] = (torch.stack(columns, dim=-1) if columns else torch.zeros(len(ids), 0)).float().cpu().contiguous()
+            tensors[f"{name}/{i}"] = neuron_activations(model, ids, neurons).contiguous()
         prompts.append({"id": item.id, "topic": item.topic, "tokens": [tokenizer.decode([t]) for t in ids]})
     with atomic_path(ctx.path("localize", "examples.safetensors")) as tmp:
         save_file(tensors, str(tmp))

@@ -8,7 +8,7 @@ nesting two contexts applies both, in the order they were entered.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -33,6 +33,17 @@ def _layers_and_indices(model, neurons: NeuronSet | Iterable[int] | None) -> dic
         if not 0 <= layer < n_layers:
             raise ValueError(f"Layer {layer} is out of range: the model has {n_layers} layers.")
     return {layer: None for layer in layers}
+
+
+def neuron_activations(model, tokens: Sequence[int], neurons: Sequence[tuple[int, int]]) -> Float[Tensor, "pos k"]:
+    """Activations of the listed ``(layer, index)`` neurons over one token sequence, in that order,
+    as a CPU float tensor ``[tokens, len(neurons)]`` (one no-grad forward)."""
+    layers = sorted({layer for layer, _ in neurons})
+    with torch.no_grad(), record_neurons(model, layers) as acts:
+        model(torch.tensor([list(tokens)], device=model.cfg.device))
+    if not neurons:
+        return torch.zeros(len(tokens), 0)
+    return torch.stack([acts[layer][0, :, index] for layer, index in neurons], dim=-1).float().cpu()
 
 
 @contextmanager

@@ -146,3 +146,15 @@ def test_nested_contexts_compose(tiny_model):
     with scale_neurons(tiny_model, chosen, 0.25):
         once = logits(tiny_model, tokens)
     assert torch.allclose(twice, once, atol=1e-6)
+
+
+def test_neuron_activations_picks_the_listed_neurons_in_order(tiny_llama):
+    from polineurons.hooks import neuron_activations
+
+    ids = [5, 9, 3, 7]
+    neurons = [(2, 17), (0, 40), (2, 3)]
+    with torch.no_grad(), record_neurons(tiny_llama) as acts:
+        tiny_llama(torch.tensor([ids]))
+    expected = torch.stack([acts[layer][0, :, index] for layer, index in neurons], dim=-1)
+    torch.testing.assert_close(neuron_activations(tiny_llama, ids, neurons), expected)
+    assert neuron_activations(tiny_llama, ids, []).shape == (4, 0)
