@@ -31,13 +31,15 @@ import numpy as np
 import torch
 
 from polineurons import load_model
+from polineurons.batching import length_sorted_batches, pad_id_of, pad_right, sequence_batches
 from polineurons.data import encode_prompt, load_data
 from polineurons.finetune import FinetuneConfig, finetune, training_pairs
+from polineurons.hooks import ScaleNeurons
 from polineurons.models import EMBEDDED_MODEL
 from polineurons.neurons import NeuronSet, mlp_post_hook_name, model_shape
 from polineurons.patching import check_attribution
 from polineurons.pnlac import contrast_scores, top_percent
-from polineurons.stance import continuation_logprobs, length_sorted_batches, pad_id_of, pad_right, sequence_batches, stance_pairs
+from polineurons.stance import continuation_logprobs, stance_pairs
 from polineurons.versions import library_versions
 
 HERE = Path(__file__).resolve().parent
@@ -62,9 +64,18 @@ class Measurement:
         return self.ratio <= value if op == "<=" else self.ratio >= value
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "target": self.target, "ratio_median": self.ratio, "ratio_min": min(self.ratios),
-                "ratio_max": max(self.ratios), "met": self.met(), "ratios": self.ratios,
-                "candidate_seconds": self.candidate_seconds, "baseline_seconds": self.baseline_seconds, **self.extra}
+        return {
+            "name": self.name,
+            "target": self.target,
+            "ratio_median": self.ratio,
+            "ratio_min": min(self.ratios),
+            "ratio_max": max(self.ratios),
+            "met": self.met(),
+            "ratios": self.ratios,
+            "candidate_seconds": self.candidate_seconds,
+            "baseline_seconds": self.baseline_seconds,
+            **self.extra,
+        }
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, object]:
@@ -74,8 +85,15 @@ def _timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - start, value
 
 
-def side_by_side(name: str, target: str, candidate: Callable[[], object], baseline: Callable[[], object], reps: int,
-                 *, invert: bool = False) -> Measurement:
+def side_by_side(
+    name: str,
+    target: str,
+    candidate: Callable[[], object],
+    baseline: Callable[[], object],
+    reps: int,
+    *,
+    invert: bool = False,
+) -> Measurement:
     """Warm both up, then alternate them ``reps`` times; ratio = candidate / baseline (or the inverse)."""
     candidate(), baseline()
     m = Measurement(name, target)
@@ -125,7 +143,10 @@ def reference_contrast(base, tuned, sequences) -> torch.Tensor:
 
                 return hook
 
-            with torch.no_grad(), model.hooks(fwd_hooks=[(mlp_post_hook_name(layer), make(layer)) for layer in range(n_layers)]):
+            with (
+                torch.no_grad(),
+                model.hooks(fwd_hooks=[(mlp_post_hook_name(layer), make(layer)) for layer in range(n_layers)]),
+            ):
                 model(tokens)
             with torch.no_grad():
                 model.generate(tokens, max_new_tokens=1, do_sample=False, verbose=False)
@@ -144,7 +165,9 @@ def perturbed_copy(name: str, device: str, seed: int = 0, scale: float = 0.02):
     with torch.no_grad():
         for parameter_name, parameter in model.named_parameters():
             if ".mlp." in parameter_name and parameter.ndim == 2:
-                noise = torch.randn(parameter.shape, generator=generator) * parameter.detach().float().std().item() * scale
+                noise = (
+                    torch.randn(parameter.shape, generator=generator) * parameter.detach().float().std().item() * scale
+                )
                 parameter.add_(noise.to(parameter.device, parameter.dtype))
     return model
 
@@ -154,8 +177,13 @@ def perturbed_copy(name: str, device: str, seed: int = 0, scale: float = 0.02):
 
 def bench_contrast_vs_forwards(base, tuned, n_prompts: int, reps: int) -> Measurement:
     sequences = question_sequences(base, n_prompts)
-    m = side_by_side("1. PNLAC contrast vs two plain forwards", "<= 1.2x",
-                     lambda: contrast_scores(base, tuned, sequences), lambda: plain_forwards(base, tuned, sequences), reps)
+    m = side_by_side(
+        "1. PNLAC contrast vs two plain forwards",
+        "<= 1.2x",
+        lambda: contrast_scores(base, tuned, sequences),
+        lambda: plain_forwards(base, tuned, sequences),
+        reps,
+    )
     m.extra["prompts"] = n_prompts
     return m
 
@@ -164,11 +192,20 @@ def bench_contrast_vs_reference(base, tuned, n_prompts: int, reps: int) -> Measu
     sequences = question_sequences(base, n_prompts)
     ours = contrast_scores(base, tuned, sequences)
     theirs = reference_contrast(base, tuned, sequences)
-    m = side_by_side("2. PNLAC contrast vs per-sample reference loop", ">= 5x",
-                     lambda: contrast_scores(base, tuned, sequences), lambda: reference_contrast(base, tuned, sequences), reps, invert=True)
+    m = side_by_side(
+        "2. PNLAC contrast vs per-sample reference loop",
+        ">= 5x",
+        lambda: contrast_scores(base, tuned, sequences),
+        lambda: reference_contrast(base, tuned, sequences),
+        reps,
+        invert=True,
+    )
     top_ours, top_theirs = top_percent(ours, 5.0), top_percent(theirs, 5.0)
-    m.extra.update(prompts=n_prompts, max_abs_score_difference=float((ours - theirs).abs().max()),
-                   top5_percent_jaccard=len(top_ours & top_theirs) / max(len(top_ours | top_theirs), 1))
+    m.extra.update(
+        prompts=n_prompts,
+        max_abs_score_difference=float((ours - theirs).abs().max()),
+        top5_percent_jaccard=len(top_ours & top_theirs) / max(len(top_ours | top_theirs), 1),
+    )
     return m
 
 
@@ -182,11 +219,20 @@ def bench_stance_scoring(model, n_items: int, reps: int) -> Measurement:
             for batch in batches:
                 model(batch.tokens, attention_mask=batch.mask)
 
-    m = side_by_side("3. stance scoring vs plain forwards (same padded batches)", "<= 1.2x",
-                     lambda: continuation_logprobs(model, pairs, batch_size=16, progress=False), plain, reps)
+    m = side_by_side(
+        "3. stance scoring vs plain forwards (same padded batches)",
+        "<= 1.2x",
+        lambda: continuation_logprobs(model, pairs, batch_size=16, progress=False),
+        plain,
+        reps,
+    )
     tokens = sum(int(b.mask.sum()) for b in batches)
-    m.extra.update(items=len(items), tokens=tokens, tokens_per_second_scoring=tokens / statistics.median(m.candidate_seconds),
-                   tokens_per_second_plain=tokens / statistics.median(m.baseline_seconds))
+    m.extra.update(
+        items=len(items),
+        tokens=tokens,
+        tokens_per_second_scoring=tokens / statistics.median(m.candidate_seconds),
+        tokens_per_second_plain=tokens / statistics.median(m.baseline_seconds),
+    )
     return m
 
 
@@ -200,8 +246,13 @@ def bench_attribution(base, tuned, n_items: int, sample: int) -> Measurement:
     m.ratios = [check.speedup(n_layers * d_mlp)]
     m.candidate_seconds = [check.seconds_attribution]
     m.baseline_seconds = [check.seconds_exact_per_neuron * n_layers * d_mlp]
-    m.extra.update(items=len(items), sampled_neurons=sample, spearman=check.spearman,
-                   exact_seconds_per_neuron=check.seconds_exact_per_neuron, extrapolated=True)
+    m.extra.update(
+        items=len(items),
+        sampled_neurons=sample,
+        spearman=check.spearman,
+        exact_seconds_per_neuron=check.seconds_exact_per_neuron,
+        extrapolated=True,
+    )
     return m
 
 
@@ -218,7 +269,8 @@ def bench_inhibit_step(name: str, device: str, steps: int, reps: int, seq_len: i
 
     def step_time(inhibit) -> float:
         model.load_state_dict(state)
-        result = finetune(model, pairs, config, inhibit=inhibit, progress=False)
+        intervention = ScaleNeurons(inhibit, 0.0) if inhibit is not None else None
+        result = finetune(model, pairs, config, intervention=intervention, progress=False)
         return statistics.median(result.step_seconds[1:])  # the first step pays for optimizer-state allocation
 
     m = Measurement("5. InhibitFT training step vs plain step (same batch)", "<= 1.1x")
@@ -263,14 +315,21 @@ def _status_kb(key: str) -> int:
 
 def bench_memory(name: str, device: str, small: int, large: int) -> Measurement:
     def child(n: int) -> dict:
-        done = subprocess.run([sys.executable, __file__, "--memory-child", str(n), "--model", name, "--device", device],
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--memory-child", str(n), "--model", name, "--device", device],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     low, high = child(small), child(large)
     m = Measurement(f"6. peak memory of the contrast pass, {large} vs {small} prompts", "<= 1.2x")
     m.ratios = [high["extra_peak_bytes"] / max(low["extra_peak_bytes"], 1)]
-    m.extra.update(measured=low["kind"], extra_peak_mib={small: low["extra_peak_bytes"] / 2**20, large: high["extra_peak_bytes"] / 2**20})
+    m.extra.update(
+        measured=low["kind"],
+        extra_peak_mib={small: low["extra_peak_bytes"] / 2**20, large: high["extra_peak_bytes"] / 2**20},
+    )
     return m
 
 
@@ -282,7 +341,11 @@ def bench_load(name: str, device: str) -> Measurement:
     m = Measurement("7. model load: cold (convert) vs warm (cached folder)", ">= 1x")
     m.ratios = [cold / statistics.median(warm)]
     m.candidate_seconds, m.baseline_seconds = [cold], warm
-    m.extra.update(cold_seconds=cold, warm_seconds_median=statistics.median(warm), note="informational: cold/warm speed-up of caching")
+    m.extra.update(
+        cold_seconds=cold,
+        warm_seconds_median=statistics.median(warm),
+        note="informational: cold/warm speed-up of caching",
+    )
     return m
 
 
@@ -292,32 +355,64 @@ def bench_load(name: str, device: str) -> Measurement:
 def machine() -> dict:
     cpu = "unknown"
     if Path("/proc/cpuinfo").is_file():
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "versions": library_versions()}
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "versions": library_versions(),
+    }
 
 
 def write_results(measurements: list[Measurement], info: dict, out_md: Path, out_json: Path) -> None:
     rows = ["| measurement | ratio (median) | spread (min–max) | target | met? |", "|---|---|---|---|---|"]
     for m in measurements:
-        rows.append(f"| {m.name} | {m.ratio:.2f}× | {min(m.ratios):.2f}–{max(m.ratios):.2f} | {m.target.replace('x', '×')} | "
-                    f"{'yes' if m.met() else 'no'} |")
+        rows.append(
+            f"| {m.name} | {m.ratio:.2f}× | {min(m.ratios):.2f}–{max(m.ratios):.2f} | {m.target.replace('x', '×')} | "
+            f"{'yes' if m.met() else 'no'} |"
+        )
     details = []
     for m in measurements:
         extra = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.extra.items())
-        seconds = f"candidate {statistics.median(m.candidate_seconds):.3g} s, baseline {statistics.median(m.baseline_seconds):.3g} s" if m.baseline_seconds else ""
-        details.append(f"- **{m.name}** — {len(m.ratios)} repetition(s); {seconds}{'; ' if seconds and extra else ''}{extra}")
-    text = "\n".join([
-        f"# Benchmarks — {info['model']}", "",
-        f"Command: `{info['command']}` — {info['date']}, {info['seconds']:.0f} s in all.",
-        f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, {info['machine']['torch_threads']} torch threads, "
-        f"device {info['device']}{' (' + info['machine']['cuda'] + ')' if info['machine']['cuda'] else ''}; "
-        + ", ".join(f"{k} {v}" for k, v in info["machine"]["versions"].items()) + ".", "",
-        "Ratios: candidate / baseline run side by side in one process (alternating), so machine load largely cancels; "
-        "rows 2, 4 and 7 are speed-ups (baseline / candidate).", "",
-        *rows, "", "Details:", "", *details, "",
-    ])
+        seconds = (
+            f"candidate {statistics.median(m.candidate_seconds):.3g} s, "
+            f"baseline {statistics.median(m.baseline_seconds):.3g} s"
+            if m.baseline_seconds
+            else ""
+        )
+        details.append(
+            f"- **{m.name}** — {len(m.ratios)} repetition(s); {seconds}{'; ' if seconds and extra else ''}{extra}"
+        )
+    text = "\n".join(
+        [
+            f"# Benchmarks — {info['model']}",
+            "",
+            f"Command: `{info['command']}` — {info['date']}, {info['seconds']:.0f} s in all.",
+            f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, "
+            f"{info['machine']['torch_threads']} torch threads, "
+            f"device {info['device']}{' (' + info['machine']['cuda'] + ')' if info['machine']['cuda'] else ''}; "
+            + ", ".join(f"{k} {v}" for k, v in info["machine"]["versions"].items())
+            + ".",
+            "",
+            "Ratios: candidate / baseline run side by side in one process (alternating), "
+            "so machine load largely cancels; "
+            "rows 2, 4 and 7 are speed-ups (baseline / candidate).",
+            "",
+            *rows,
+            "",
+            "Details:",
+            "",
+            *details,
+            "",
+        ]
+    )
     out_md.write_text(text)
     out_json.write_text(json.dumps({**info, "measurements": [m.to_dict() for m in measurements]}, indent=2) + "\n")
 
@@ -356,10 +451,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running measurement {number} ...", flush=True)
         measurement = jobs[number]()
         measurements.append(measurement)
-        print(f"  {measurement.name}: {measurement.ratio:.2f}x (target {measurement.target}) {'met' if measurement.met() else 'NOT met'}", flush=True)
+        print(
+            f"  {measurement.name}: {measurement.ratio:.2f}x (target {measurement.target}) "
+            f"{'met' if measurement.met() else 'NOT met'}",
+            flush=True,
+        )
     suffix = "-quick" if args.quick else ""
-    info = {"model": name, "device": args.device, "command": " ".join(["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": time.perf_counter() - started, "machine": machine()}
+    info = {
+        "model": name,
+        "device": args.device,
+        "command": " ".join(["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "seconds": time.perf_counter() - started,
+        "machine": machine(),
+    }
     write_results(measurements, info, HERE / f"RESULTS{suffix}.md", HERE / f"results{suffix}.json")
     print(f"wrote {HERE / f'RESULTS{suffix}.md'}")
     return 0

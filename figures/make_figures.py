@@ -14,7 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from polineurons.experiment import RunError, load_run
+from polineurons.artifacts import load_run
+from polineurons.config import RunError
 from polineurons.io import atomic_path
 from polineurons.viz import run_figures
 
@@ -25,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a `polineurons run` folder")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/figures)")
-    parser.add_argument("--formats", default="png,svg", help="static formats, comma-separated (png, svg, pdf); empty for HTML only")
+    parser.add_argument(
+        "--formats", default="png,svg", help="static formats, comma-separated (png, svg, pdf); empty for HTML only"
+    )
     parser.add_argument("--no-html", action="store_true", help="static images only (no HTML pages, no plotly.min.js)")
     parser.add_argument("--width", type=int, default=1000)
     parser.add_argument("--height", type=int, default=520)
@@ -37,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     if formats and not any(shutil.which(b) for b in BROWSERS):
-        print("Static images need Debian's chromium (bash scripts/setup.sh --browser); use --formats '' for HTML only.", file=sys.stderr)
+        print(
+            "Static images need Debian's chromium (bash scripts/setup.sh --browser); use --formats '' for HTML only.",
+            file=sys.stderr,
+        )
         return 2
     out = args.out or args.run_dir / "figures"
     out.mkdir(parents=True, exist_ok=True)
@@ -48,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
                 figure.write_html(tmp, include_plotlyjs="directory")
         for fmt in formats:
             with atomic_path(out / f"{name}.{fmt}") as tmp:
-                figure.write_image(tmp, format=fmt, width=args.width, height=args.height, scale=2 if fmt == "png" else 1)
-        print(f"{name}: " + ", ".join(str(out / f"{name}.{ext}") for ext in ([] if args.no_html else ["html"]) + formats))
+                figure.write_image(
+                    tmp, format=fmt, width=args.width, height=args.height, scale=2 if fmt == "png" else 1
+                )
+        print(
+            f"{name}: " + ", ".join(str(out / f"{name}.{ext}") for ext in ([] if args.no_html else ["html"]) + formats)
+        )
     return 0
 
 

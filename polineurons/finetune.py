@@ -1,8 +1,9 @@
 """Supervised fine-tuning on (question, leaning answer) pairs — the project's one training loop.
 
-Loss is on answer tokens only, with the model's chat format. Optional neuron hooks (a NeuronSet
-plus a scale, through :func:`polineurons.hooks.scale_neurons`) are active during training only;
-InhibitFT is this loop with those hooks. Deterministic for a given seed on a CPU.
+Loss is on answer tokens only, with the model's chat format. An optional
+:class:`~polineurons.hooks.Intervention` is applied during training only (InhibitFT and every
+mitigation are this loop with one); the returned and saved model carries no hooks. Deterministic
+for a given seed on a CPU.
 """
 
 from __future__ import annotations
@@ -11,28 +12,27 @@ import contextlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
+from polineurons.batching import pad_id_of, pad_right
 from polineurons.data.items import StanceDataset, StanceItem, check_leaning
 from polineurons.data.prompts import encode_prompt, encode_text, has_chat_template
-from polineurons.hooks import scale_neurons
-from polineurons.neurons import NeuronSet, neuron_parameters
-from polineurons.stance import pad_id_of, pad_right
+from polineurons.errors import MissingDependencyError, UserError
+from polineurons.hooks import Applied, Intervention
+from polineurons.models import save_model
+from polineurons.neurons import neuron_parameters
 from polineurons.versions import library_versions
 
-TRAIN_MODES = ("full", "mlp", "lora")
-INHIBIT_MODES = ("scale", "freeze")
+TrainMode = Literal["full", "mlp", "lora"]
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(UserError, RuntimeError):
     """The loss became NaN or infinite; nothing was written."""
 
 
@@ -42,29 +42,48 @@ class FinetuneConfig:
     one topic of the bundled data); scale ``epochs``/``batch_size``/``max_seq_len`` up on a GPU."""
 
     epochs: int = 3
+    """Passes over the training pairs."""
     learning_rate: float = 5e-5
+    """AdamW learning rate (after a linear warm-up)."""
     batch_size: int = 8
+    """Sequences per forward."""
     grad_accum: int = 1
+    """Forwards per optimizer step."""
     max_seq_len: int = 192
+    """Tokens per sequence; longer answers are cut at the end."""
     warmup_steps: int = 2
+    """Steps of linear learning-rate warm-up (0 = none)."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     max_grad_norm: float = 1.0
+    """Gradient-norm clipping."""
     seed: int = 0
-    train: str = "full"  # full | mlp | lora
+    """Seed of the data order (and of LoRA's initialisation)."""
+    train: TrainMode = "full"
+    """Which parameters train: full, mlp (MLP weights only) or lora (needs peft)."""
     max_steps: int | None = None
+    """Stop after this many optimizer steps (default: all epochs)."""
     lora_r: int = 16
+    """LoRA rank."""
     lora_alpha: int = 32
+    """LoRA alpha."""
     lora_dropout: float = 0.1
+    """LoRA dropout."""
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    """Projections LoRA adapts."""
 
     def __post_init__(self) -> None:
-        if self.train not in TRAIN_MODES:
-            raise ValueError(f"train must be one of {', '.join(TRAIN_MODES)}, got {self.train!r}.")
+        if self.train not in ("full", "mlp", "lora"):
+            raise ValueError(f"train must be one of full, mlp, lora, got {self.train!r}.")
         for name in ("epochs", "batch_size", "grad_accum", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ValueError("warmup_steps and weight_decay must be >= 0.")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}.")
 
 
 @dataclass
@@ -78,6 +97,14 @@ class FinetuneResult:
     n_trainable: int = 0
     out_dir: str | None = None
     meta: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line: steps, examples, loss before and after, time."""
+        seconds = sorted(self.step_seconds)
+        return (
+            f"{len(seconds)} steps on {self.n_examples} examples: loss {self.losses[0]:.3f} -> {self.losses[-1]:.3f}, "
+            f"{seconds[len(seconds) // 2]:.1f} s/step (median), {sum(seconds):.0f} s in all"
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -107,7 +134,8 @@ def encode_examples(tokenizer, pairs: Sequence[tuple[str, str]], max_seq_len: in
     """Token ids of each prompt + answer (+ end-of-turn token for chat models) and where the answer
     starts. Sequences longer than ``max_seq_len`` lose the end of their answer."""
     examples = []
-    end_of_turn = [tokenizer.eos_token_id] if has_chat_template(tokenizer) and tokenizer.eos_token_id is not None else []
+    eos = tokenizer.eos_token_id
+    end_of_turn = [eos] if has_chat_template(tokenizer) and eos is not None else []
     for question, answer in pairs:
         prompt = encode_prompt(tokenizer, question)
         if len(prompt) >= max_seq_len:
@@ -127,7 +155,7 @@ def _collate(examples, indices, pad_id, device):
     return tokens.to(device), mask.to(device), labels.to(device)
 
 
-def _answer_loss(logits, labels):
+def answer_loss(logits, labels):
     """Mean cross-entropy over answer tokens (position t predicts token t+1)."""
     return torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
@@ -142,7 +170,7 @@ def select_trainable(model, config: FinetuneConfig):
         try:
             from peft import LoraConfig, get_peft_model
         except ImportError:
-            raise ImportError(
+            raise MissingDependencyError(
                 "train='lora' needs peft: pip install 'polineurons[lora]' (or pip install peft)."
             ) from None
         # The bridge wraps each HF Linear in a LinearBridge; LoRA attaches to the Linear inside it.
@@ -166,14 +194,32 @@ def select_trainable(model, config: FinetuneConfig):
     return trainable, peft_model
 
 
+def _merge_lora(model, peft_model) -> None:
+    """Fold the LoRA update into the base weights (peft's ``merge_adapter``) and put the plain Linear
+    modules back. peft's ``merge_and_unload`` cannot do the second part here: the bridge reaches each
+    Linear through two module paths, and peft replaces it on one path only."""
+    from peft.tuners.lora import LoraLayer
+
+    peft_model.merge_adapter()
+    for module in list(model.original_model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, LoraLayer):
+                setattr(module, name, child.get_base_layer())
+
+
+def _schedule(optimizer, warmup_steps: int):
+    """Linear warm-up from 1/(w+1) of the learning rate to all of it over ``warmup_steps``, then constant."""
+    if warmup_steps == 0:
+        return None
+    return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / (warmup_steps + 1), total_iters=warmup_steps)
+
+
 def finetune(
     model,
     pairs: Sequence[tuple[str, str]],
     config: FinetuneConfig = FinetuneConfig(),
     *,
-    inhibit: NeuronSet | None = None,
-    inhibit_scale: float = 0.0,
-    inhibit_mode: str = "scale",
+    intervention: Intervention | None = None,
     out_dir: str | os.PathLike | None = None,
     meta: dict | None = None,
     progress: bool = True,
@@ -181,11 +227,8 @@ def finetune(
     """Fine-tune ``model`` in place on ``(question, answer)`` pairs; optionally save it.
 
     Args:
-        inhibit: neurons to inhibit during training (InhibitFT). With ``inhibit_mode="scale"``
-            their activations are multiplied by ``inhibit_scale`` (0 = zeroed) through forward hooks
-            that are removed before this returns, even on an error. With ``"freeze"`` activations are
-            untouched and the neurons' input and output weights are held fixed (gradient masks, and
-            restored after each step so weight decay cannot move them either).
+        intervention: applied during training only (e.g. ``ScaleNeurons(neurons, 0.0)`` for
+            InhibitFT); removed before this returns, even on an error. ``None`` = vanilla.
         out_dir: if given, the model is saved there (a folder ``load_model(out_dir)`` reloads) with
             ``training_log.json``. Written atomically: an earlier result there survives a failed run.
         meta: extra fields for the training log (topic, leaning, data source...).
@@ -203,21 +246,18 @@ def finetune(
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / (config.warmup_steps + 1))
-    )
-    result = FinetuneResult(config, n_examples=len(examples), n_trainable=sum(p.numel() for p in trainable), meta=dict(meta or {}))
+    schedule = _schedule(optimizer, config.warmup_steps)
+    n_trainable = sum(p.numel() for p in trainable)
+    result = FinetuneResult(config, n_examples=len(examples), n_trainable=n_trainable, meta=dict(meta or {}))
+    if intervention is not None:
+        result.meta["intervention"] = intervention.describe()
     generator = torch.Generator().manual_seed(config.seed)
     pad_id = pad_id_of(model)
-    if inhibit_mode not in INHIBIT_MODES:
-        raise ValueError(f"inhibit_mode must be one of {', '.join(INHIBIT_MODES)}, got {inhibit_mode!r}.")
-    active = inhibit is not None and bool(inhibit)
-    hooks = scale_neurons(model, inhibit, inhibit_scale) if active and inhibit_mode == "scale" else contextlib.nullcontext()
-    freezer = frozen_neurons(model, inhibit) if active and inhibit_mode == "freeze" else contextlib.nullcontext()
+    applied = intervention.apply(model) if intervention is not None else contextlib.nullcontext(Applied())
     model.train()
     bar = tqdm(total=total_steps, desc="fine-tuning", disable=not progress)
     try:
-        with hooks, freezer as restore:
+        with applied as active:
             step = 0
             while step < total_steps:
                 order = torch.randperm(len(examples), generator=generator).tolist()
@@ -231,7 +271,7 @@ def finetune(
                     step_loss = 0.0
                     for indices in chunk:
                         tokens, mask, labels = _collate(examples, indices, pad_id, model.cfg.device)
-                        loss = _answer_loss(model(tokens, attention_mask=mask), labels)
+                        loss = answer_loss(model(tokens, attention_mask=mask), labels)
                         if not torch.isfinite(loss):
                             raise TrainingDivergedError(
                                 f"Loss became {loss.item()} at step {step + 1}; nothing was saved. "
@@ -241,9 +281,9 @@ def finetune(
                         step_loss += loss.item() / len(chunk)
                     torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                     optimizer.step()
-                    if restore is not None:
-                        restore()
-                    schedule.step()
+                    active.after_step()
+                    if schedule is not None:
+                        schedule.step()
                     step += 1
                     result.losses.append(step_loss)
                     result.step_seconds.append(time.perf_counter() - began)
@@ -258,98 +298,6 @@ def finetune(
         for parameter in model.parameters():
             parameter.requires_grad_(True)
     if out_dir is not None:
-        save_model(model, out_dir, training_log=result)
         result.out_dir = str(out_dir)
+        save_model(model, out_dir, files={"training_log.json": json.dumps(result.to_dict(), indent=2) + "\n"})
     return result
-
-
-@contextlib.contextmanager
-def frozen_neurons(model, neurons: NeuronSet):
-    """Hold the input/output weights of ``neurons`` fixed during training.
-
-    Gradient hooks zero those rows/columns; the yielded ``restore()`` (call it after each optimizer
-    step) copies the saved values back, so weight decay or momentum cannot move them. Hooks are
-    removed on exit."""
-    neurons.validate_for(model)
-    saved, handles = [], []
-    for layer, index in neurons.by_layer.items():
-        for _, parameter, dim in neuron_parameters(model, layer):
-            idx = index.to(parameter.device)
-            saved.append((parameter, dim, idx, parameter.detach().index_select(dim, idx).clone()))
-            keep = torch.ones(parameter.shape[dim], dtype=parameter.dtype, device=parameter.device)
-            keep[idx] = 0
-            shape = [1] * parameter.ndim
-            shape[dim] = -1
-            handles.append(parameter.register_hook(lambda grad, keep=keep.view(shape): grad * keep))
-
-    def restore() -> None:
-        with torch.no_grad():
-            for parameter, dim, idx, values in saved:
-                parameter.index_copy_(dim, idx, values)
-
-    try:
-        yield restore
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _merge_lora(model, peft_model) -> None:
-    """Fold the LoRA update into the base weights and put the plain Linear modules back."""
-    from peft.tuners.lora import LoraLayer
-
-    peft_model.merge_adapter()
-    for module in list(model.original_model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, LoraLayer):
-                setattr(module, name, child.get_base_layer())
-
-
-def hf_state_dict(model) -> dict[str, torch.Tensor]:
-    """The wrapped Hugging Face model's weights under their usual names."""
-    return {key.replace("._original_component", ""): value for key, value in model.original_model.state_dict().items()}
-
-
-def save_model(model, out_dir: str | os.PathLike, *, training_log: FinetuneResult | None = None) -> Path:
-    """Save a bridge's model as a Hugging Face folder (safetensors, config, tokenizer) that
-    :func:`polineurons.load_model` reloads. Atomic: the folder appears complete or not at all, and
-    an earlier folder at ``out_dir`` is replaced only once the new one is written."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        config = model.original_model.config
-        with torch.device("meta"):
-            fresh = AutoModelForCausalLM.from_config(config)
-        wanted = set(fresh.state_dict())
-        weights = {k: v for k, v in hf_state_dict(model).items() if k in wanted}
-        missing = wanted - set(weights) - {"lm_head.weight"} if config.tie_word_embeddings else wanted - set(weights)
-        if missing:
-            raise RuntimeError(f"Cannot save: weights missing for {sorted(missing)[:5]}")
-        fresh.load_state_dict(weights, assign=True, strict=False)
-        fresh.tie_weights()
-        fresh.save_pretrained(tmp)
-        try:  # the bridge's tokenizer was reloaded with add_bos_token=True; save the original one
-            tokenizer = AutoTokenizer.from_pretrained(model.tokenizer.name_or_path)
-        except (OSError, ValueError):
-            tokenizer = model.tokenizer
-        tokenizer.save_pretrained(tmp)
-        if training_log is not None:
-            (tmp / "training_log.json").write_text(json.dumps(training_log.to_dict(), indent=2) + "\n")
-        _replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    if target.exists():
-        backup = target.with_name(f".{target.name}.old")
-        shutil.rmtree(backup, ignore_errors=True)
-        os.replace(target, backup)
-        os.replace(new, target)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(new, target)

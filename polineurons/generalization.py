@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from polineurons.data.items import StanceDataset
-from polineurons.stance import StanceResult, measure_stance
-from polineurons.stats import bootstrap_ci
+from polineurons.stance import StanceConfig, StanceResult, measure_stance
+from polineurons.stats import bootstrap_ci, paired_shifts
 
 
 @dataclass(frozen=True)
@@ -56,15 +56,28 @@ class Generalization:
             "shifts": {topic: asdict(shift) for topic, shift in self.shifts.items()},
         }
 
+    def table(self) -> str:
+        """Plain-text table: base, fine-tuned and shift with CI per topic, then the headline numbers."""
+        lines = [f"{'topic':<24}{'base':>8}{'tuned':>8}{'shift':>9}  95% CI"]
+        for topic, row in self.shifts.items():
+            mark = "  <- target" if topic == self.target else ""
+            lines.append(
+                f"{topic:<24}{row.base:>+8.3f}{row.finetuned:>+8.3f}{row.shift:>+9.3f}  "
+                f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]{mark}"
+            )
+        ratio = "n/a" if self.ctg_ratio is None else f"{self.ctg_ratio:+.2f}"
+        lines.append(f"target shift {self.target_shift:+.3f}   CTG {self.ctg:+.3f}   CTG ratio {ratio}")
+        return "\n".join(lines)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Generalization:
+        """Rebuild from :meth:`to_dict` output (extra keys are ignored)."""
+        return cls(data["target"], {topic: TopicShift(**row) for topic, row in data["shifts"].items()})
+
 
 def compare(base: StanceResult, finetuned: StanceResult, target: str, *, seed: int = 0) -> Generalization:
     """Shifts from two stance results on the same items (paired by item id)."""
-    before = {item.id: item for item in base.items}
-    by_topic: dict[str, list[float]] = {}
-    for item in finetuned.items:
-        if item.id not in before:
-            raise ValueError(f"Item {item.id} was scored after fine-tuning but not before.")
-        by_topic.setdefault(item.topic, []).append(item.score - before[item.id].score)
+    by_topic = paired_shifts(base.items, finetuned.items)
     if target not in by_topic:
         raise ValueError(f"Target topic '{target}' is not among the scored topics {sorted(by_topic)}.")
     shifts = {}
@@ -86,11 +99,9 @@ def measure_generalization(
     finetuned_model,
     dataset: StanceDataset,
     target: str,
+    config: StanceConfig = StanceConfig(),
     *,
     base_result: StanceResult | None = None,
-    split: str = "eval",
-    max_items: int | None = None,
-    batch_size: int = 16,
     progress: bool = True,
     seed: int = 0,
 ) -> tuple[Generalization, StanceResult, StanceResult]:
@@ -98,9 +109,8 @@ def measure_generalization(
 
     Pass ``base_result`` to reuse an earlier scoring of the base model on the same items.
     """
-    kwargs = dict(split=split, max_items=max_items, batch_size=batch_size, progress=progress, seed=seed)
-    before = base_result or measure_stance(base_model, dataset, **kwargs)
-    after = measure_stance(finetuned_model, dataset, **kwargs)
+    before = base_result or measure_stance(base_model, dataset, config, progress=progress, seed=seed)
+    after = measure_stance(finetuned_model, dataset, config, progress=progress, seed=seed)
     return compare(before, after, target, seed=seed), before, after
 
 
@@ -111,5 +121,7 @@ def generalization_matrix(
     fine-tuning on target i."""
     targets = list(results)
     columns = list(topics) if topics is not None else list(dict.fromkeys(t for r in results.values() for t in r.shifts))
-    matrix = np.array([[results[t].shifts[c].shift if c in results[t].shifts else np.nan for c in columns] for t in targets])
+    matrix = np.array(
+        [[results[t].shifts[c].shift if c in results[t].shifts else np.nan for c in columns] for t in targets]
+    )
     return targets, columns, matrix

@@ -1,21 +1,24 @@
-"""Neuron interventions as context managers: record, scale (0 = zero), patch.
+"""Every way polineurons touches a model during a forward: record, scale (0 = zero) and patch
+neurons, and :class:`Intervention` objects that the training loop applies while it trains.
 
-Each one installs TransformerLens forward hooks on ``blocks.{L}.mlp.hook_post`` through the bridge's
-``hooks()`` context, so the hooks are removed on exit even when an exception escapes. Hooks compose:
-nesting two contexts applies both, in the order they were entered.
+Each context manager installs TransformerLens forward hooks on ``blocks.{L}.mlp.hook_post`` through
+the bridge's ``hooks()`` context, so the hooks are removed on exit even when an exception escapes.
+Hooks compose: nesting two contexts applies both, in the order they were entered.
 """
 
 from __future__ import annotations
 
+import abc
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from polineurons.neurons import NeuronSet, mlp_post_hook_name, model_shape
+from polineurons.neurons import NeuronSet, mlp_post_hook_name, model_shape, neuron_parameters
 
 Activations = Float[Tensor, "batch pos neurons"]
 
@@ -104,7 +107,9 @@ def scale_neurons(model, neurons: NeuronSet, scale: float) -> Iterator[None]:
 
         return hook
 
-    hooks = [(mlp_post_hook_name(layer), make_hook(layer, idx)) for layer, idx in _layers_and_indices(model, neurons).items()]
+    hooks = [
+        (mlp_post_hook_name(layer), make_hook(layer, idx)) for layer, idx in _layers_and_indices(model, neurons).items()
+    ]
     with model.hooks(fwd_hooks=hooks):
         yield
 
@@ -146,3 +151,95 @@ def patch_neurons(model, neurons: NeuronSet, source: Mapping[int, Activations]) 
     hooks = [(mlp_post_hook_name(layer), make_hook(layer, idx)) for layer, idx in selection.items()]
     with model.hooks(fwd_hooks=hooks):
         yield
+
+
+# ---- interventions during training -------------------------------------------------------------
+
+
+def _no_op() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What an intervention asks of the training loop while it is applied: ``after_step`` runs
+    after every optimizer step (e.g. to restore frozen weights)."""
+
+    after_step: Callable[[], None] = _no_op
+
+
+class Intervention(abc.ABC):
+    """Something done to a model while it is fine-tuned, and only then.
+
+    ``apply(model)`` is a context manager: it installs the intervention on entry and removes every
+    trace of it on exit, even when an exception escapes, so the trained model carries no hooks.
+    ``finetune(..., intervention=...)`` takes one such object; ``None`` means vanilla training.
+    """
+
+    @abc.abstractmethod
+    def apply(self, model) -> AbstractContextManager[Applied]:
+        """Install on ``model`` for the duration of a ``with`` block."""
+
+    @abc.abstractmethod
+    def describe(self) -> dict:
+        """JSON-ready description (kind, strength, size) for logs and results."""
+
+
+@dataclass(frozen=True, eq=False)
+class ScaleNeurons(Intervention):
+    """Multiply the activations of ``neurons`` by ``scale`` in every forward (0 = zero them, as
+    InhibitFT does; 1 changes nothing). A neuron scaled by 0 passes no gradient to its weights."""
+
+    neurons: NeuronSet
+    scale: float = 0.0
+
+    @contextmanager
+    def apply(self, model) -> Iterator[Applied]:
+        with scale_neurons(model, self.neurons, self.scale):
+            yield Applied()
+
+    def describe(self) -> dict:
+        return {
+            "kind": "zero" if self.scale == 0 else "scale",
+            "scale": self.scale,
+            "n_neurons": len(self.neurons),
+            "layer_counts": self.neurons.layer_counts(),
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class FreezeNeurons(Intervention):
+    """Hold the input and output weights of ``neurons`` fixed; activations are untouched.
+
+    Gradient hooks zero those rows/columns, and after each optimizer step the saved values are
+    copied back, so weight decay or momentum cannot move them either."""
+
+    neurons: NeuronSet
+
+    @contextmanager
+    def apply(self, model) -> Iterator[Applied]:
+        self.neurons.validate_for(model)
+        saved, handles = [], []
+        for layer, index in self.neurons.by_layer.items():
+            for _, parameter, dim in neuron_parameters(model, layer):
+                idx = index.to(parameter.device)
+                saved.append((parameter, dim, idx, parameter.detach().index_select(dim, idx).clone()))
+                keep = torch.ones(parameter.shape[dim], dtype=parameter.dtype, device=parameter.device)
+                keep[idx] = 0
+                shape = [1] * parameter.ndim
+                shape[dim] = -1
+                handles.append(parameter.register_hook(lambda grad, keep=keep.view(shape): grad * keep))
+
+        def restore() -> None:
+            with torch.no_grad():
+                for parameter, dim, idx, values in saved:
+                    parameter.index_copy_(dim, idx, values)
+
+        try:
+            yield Applied(after_step=restore)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def describe(self) -> dict:
+        return {"kind": "freeze", "n_neurons": len(self.neurons), "layer_counts": self.neurons.layer_counts()}

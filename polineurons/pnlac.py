@@ -11,11 +11,11 @@ hooks accumulate squared differences on the device, so memory does not grow with
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from jaxtyping import Float
@@ -23,17 +23,51 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from polineurons.batching import length_sorted_batches, pad_id_of, pad_right
 from polineurons.data.items import StanceDataset
 from polineurons.data.prompts import encode_prompt, encode_text
+from polineurons.errors import MissingFileError
 from polineurons.hooks import record_neurons
-from polineurons.io import atomic_path, atomic_write_text
+from polineurons.io import atomic_path, read_json, write_json
 from polineurons.neurons import NeuronSet, mlp_post_hook_name, model_shape
-from polineurons.stance import length_sorted_batches, pad_id_of, pad_right
 from polineurons.versions import library_versions
 
 Scores = Float[Tensor, "n_layers d_mlp"]
-INPUTS = ("question", "question_answers")
-NORMALIZATIONS = ("none", "layer_z")
+Inputs = Literal["question", "question_answers"]
+Normalization = Literal["none", "layer_z"]
+
+
+@dataclass(frozen=True)
+class LocalizeConfig:
+    """PNLAC settings."""
+
+    top_k: float = 30.0
+    """Percent of all neurons kept per topic."""
+    min_topics: int | None = None
+    """General = in the top set of at least this many topics (default: all)."""
+    inputs: Inputs = "question"
+    """Token sequences contrasted: each question, or question + each answer."""
+    normalize: Normalization = "none"
+    """none (raw RMS, favours late layers) or layer_z (z-score each layer first)."""
+    max_items: int | None = None
+    """Train items per topic (default: all)."""
+    skip_shared_prefix: bool = False
+    """Score only tokens after the prompt prefix every topic shares (system prompt, turn markers)."""
+    batch_size: int = 8
+    """Sequences per forward."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.top_k <= 100:
+            raise ValueError(f"top_k must be in (0, 100], got {self.top_k}.")
+        if self.inputs not in get_args(Inputs):
+            raise ValueError(f"inputs must be one of {', '.join(get_args(Inputs))}, got {self.inputs!r}.")
+        if self.normalize not in get_args(Normalization):
+            raise ValueError(f"normalize must be one of {', '.join(get_args(Normalization))}, got {self.normalize!r}.")
+        for name in ("min_topics", "max_items"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
 
 
 def contrast_scores(
@@ -49,7 +83,12 @@ def contrast_scores(
     device = base.cfg.device
     sum_squares = torch.zeros(n_layers, d_mlp, dtype=torch.float64, device=device)
     n_tokens = 0
-    for indices in tqdm(length_sorted_batches([len(s) for s in sequences], batch_size), desc="contrast", disable=not progress, leave=False):
+    for indices in tqdm(
+        length_sorted_batches([len(s) for s in sequences], batch_size),
+        desc="contrast",
+        disable=not progress,
+        leave=False,
+    ):
         tokens, mask = pad_right([sequences[i] for i in indices], pad_id_of(base))
         tokens, mask = tokens.to(device), mask.to(device)
         scored = mask.clone()
@@ -76,32 +115,38 @@ def contrast_scores(
     return (sum_squares / n_tokens).sqrt().float().cpu()
 
 
-def topic_sequences(tokenizer, dataset: StanceDataset, topic: str, *, inputs: str = "question", split: str = "train", max_items: int | None = None) -> list[list[int]]:
+def topic_sequences(
+    tokenizer,
+    dataset: StanceDataset,
+    topic: str,
+    *,
+    inputs: Inputs = "question",
+    split: str = "train",
+    max_items: int | None = None,
+) -> list[list[int]]:
     """Token ids PNLAC runs for one topic: each question in chat format (``inputs="question"``), or
     question + each answer (``"question_answers"``). Uses the train split: never the eval items."""
-    if inputs not in INPUTS:
-        raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}.")
     sequences = []
     for item in dataset.select(topics=[topic], split=split, max_items=max_items).items:
         prompt = encode_prompt(tokenizer, item.question)
         if inputs == "question":
             sequences.append(prompt)
         else:
-            sequences += [prompt + encode_text(tokenizer, item.answer(side), prompt_start=False) for side in ("left", "right")]
+            sequences += [
+                prompt + encode_text(tokenizer, item.answer(side), prompt_start=False) for side in ("left", "right")
+            ]
     if not sequences:
         raise ValueError(f"No {split} items for topic '{topic}' in {dataset.source}.")
     return sequences
 
 
-def normalize_scores(scores: Scores, method: str = "none") -> Scores:
+def normalize_scores(scores: Scores, method: Normalization = "none") -> Scores:
     """``none`` keeps raw RMS scores (which favour late layers); ``layer_z`` z-scores each layer."""
     if method == "none":
         return scores
-    if method == "layer_z":
-        mean = scores.mean(dim=1, keepdim=True)
-        std = scores.std(dim=1, keepdim=True).clamp_min(1e-12)
-        return (scores - mean) / std
-    raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {method!r}.")
+    mean = scores.mean(dim=1, keepdim=True)
+    std = scores.std(dim=1, keepdim=True).clamp_min(1e-12)
+    return (scores - mean) / std
 
 
 def top_percent(scores: Scores, percent: float, **meta) -> NeuronSet:
@@ -144,18 +189,49 @@ class Localization:
         n_layers, d_mlp = self.general.mask.shape
         count = round(n_layers * d_mlp * percent / 100)
         chosen = self.general_ranking()[:count]
-        return NeuronSet.from_pairs(chosen.tolist(), n_layers, d_mlp, model_name=self.general.model_name, provenance={"top_general_percent": percent, **self.config})
+        return NeuronSet.from_pairs(
+            chosen.tolist(),
+            n_layers,
+            d_mlp,
+            model_name=self.general.model_name,
+            provenance={"top_general_percent": percent, **self.config},
+        )
 
     def summary(self) -> dict:
         topics = list(self.top)
         return {
             "topics": topics,
             "n_neurons": self.general.n_total,
-            "general": {"count": len(self.general), "fraction": self.general.fraction, "layer_counts": self.general.layer_counts()},
+            "general": {
+                "count": len(self.general),
+                "fraction": self.general.fraction,
+                "layer_counts": self.general.layer_counts(),
+            },
             "top": {t: {"count": len(s), "layer_counts": s.layer_counts()} for t, s in self.top.items()},
-            "specific": {t: {"count": len(s), "fraction": s.fraction, "layer_counts": s.layer_counts()} for t, s in self.specific.items()},
+            "specific": {
+                t: {"count": len(s), "fraction": s.fraction, "layer_counts": s.layer_counts()}
+                for t, s in self.specific.items()
+            },
             "jaccard": {a: {b: jaccard(self.top[a], self.top[b]) for b in topics} for a in topics},
         }
+
+    def describe(self) -> str:
+        """Plain-text summary: general neurons (per layer), specific counts, overlap of the top sets."""
+        summary = self.summary()
+        general = summary["general"]
+        lines = [
+            f"general neurons: {general['count']} of {summary['n_neurons']} ({general['fraction']:.1%})",
+            "  per layer: " + " ".join(str(c) for c in general["layer_counts"]),
+        ]
+        lines += [f"specific {topic:<24}{row['count']:>7}" for topic, row in summary["specific"].items()]
+        topics = summary["topics"]
+        values = [summary["jaccard"][a][b] for i, a in enumerate(topics) for b in topics[i + 1 :]]
+        if values:
+            lines.append(
+                f"Jaccard between topics' top sets: min {min(values):.2f}, "
+                f"mean {sum(values) / len(values):.2f}, max {max(values):.2f}"
+            )
+        return "\n".join(lines)
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """``scores.safetensors``, ``general.*``, ``top/{topic}.*``, ``specific/{topic}.*``, ``summary.json``."""
@@ -168,15 +244,15 @@ class Localization:
             self.top[topic].save(out / "top" / topic)
             self.specific[topic].save(out / "specific" / topic)
         payload = {"config": self.config, "summary": self.summary(), "versions": library_versions()}
-        atomic_write_text(out / "summary.json", json.dumps(payload, indent=2) + "\n")
+        write_json(out / "summary.json", payload)
         return out
 
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> Localization:
         out = Path(out_dir)
         if not (out / "summary.json").is_file():
-            raise FileNotFoundError(f"{out} holds no PNLAC result (summary.json missing).")
-        payload = json.loads((out / "summary.json").read_text())
+            raise MissingFileError(f"{out} holds no PNLAC result (summary.json missing).")
+        payload = read_json(out / "summary.json")
         scores = load_file(str(out / "scores.safetensors"))
         topics = payload["summary"]["topics"]
         return cls(
@@ -188,7 +264,9 @@ class Localization:
         )
 
 
-def split_general_specific(top: dict[str, NeuronSet], min_topics: int | None = None) -> tuple[NeuronSet, dict[str, NeuronSet]]:
+def split_general_specific(
+    top: dict[str, NeuronSet], min_topics: int | None = None
+) -> tuple[NeuronSet, dict[str, NeuronSet]]:
     """General = in the top set of at least ``min_topics`` topics (default: all); specific = the rest."""
     sets = list(top.values())
     needed = len(sets) if min_topics is None else min_topics
@@ -216,33 +294,26 @@ def localize(
     base,
     finetuned,
     dataset: StanceDataset,
+    config: LocalizeConfig = LocalizeConfig(),
     *,
-    top_k: float = 30.0,
-    min_topics: int | None = None,
-    inputs: str = "question",
-    normalize: str = "none",
     topics: Sequence[str] | None = None,
-    max_items: int | None = None,
-    skip_shared_prefix: bool = False,
-    batch_size: int = 8,
     progress: bool = True,
 ) -> Localization:
-    """PNLAC on every topic of ``dataset`` (train split) and the general / specific split.
-
-    ``skip_shared_prefix``: score only the tokens after the prefix that every prompt shares (system
-    prompt, turn markers); by default every token counts, as in the paper.
-    """
-    normalize_scores(torch.zeros(1, 2), normalize)  # validate early
+    """PNLAC on every topic of ``dataset`` (train split) and the general / specific split."""
     chosen = list(topics) if topics is not None else dataset.topics
     scores, top = {}, {}
     model_name = getattr(finetuned.cfg, "model_name", None)
-    per_topic = {t: topic_sequences(base.tokenizer, dataset, t, inputs=inputs, max_items=max_items) for t in chosen}
-    skip = shared_prefix_length([s for seqs in per_topic.values() for s in seqs]) if skip_shared_prefix else 0
+    per_topic = {
+        t: topic_sequences(base.tokenizer, dataset, t, inputs=config.inputs, max_items=config.max_items) for t in chosen
+    }
+    skip = shared_prefix_length([s for seqs in per_topic.values() for s in seqs]) if config.skip_shared_prefix else 0
     for topic in tqdm(chosen, desc="PNLAC topics", disable=not progress):
-        raw = contrast_scores(base, finetuned, per_topic[topic], skip=skip, batch_size=batch_size, progress=progress)
-        scores[topic] = normalize_scores(raw, normalize)
-        top[topic] = top_percent(scores[topic], top_k, model_name=model_name, provenance={"topic": topic, "top_k": top_k})
-    general, specific = split_general_specific(top, min_topics)
-    config = {"top_k": top_k, "min_topics": min_topics, "inputs": inputs, "normalize": normalize, "max_items": max_items,
-              "skip_shared_prefix": skip_shared_prefix, "skipped_tokens": skip, "data": dataset.source, "model": model_name}
-    return Localization(scores, top, general, specific, config)
+        raw = contrast_scores(
+            base, finetuned, per_topic[topic], skip=skip, batch_size=config.batch_size, progress=progress
+        )
+        scores[topic] = normalize_scores(raw, config.normalize)
+        provenance = {"topic": topic, "top_k": config.top_k}
+        top[topic] = top_percent(scores[topic], config.top_k, model_name=model_name, provenance=provenance)
+    general, specific = split_general_specific(top, config.min_topics)
+    recorded = {**asdict(config), "skipped_tokens": skip, "data": dataset.source, "model": model_name}
+    return Localization(scores, top, general, specific, recorded)

@@ -2,7 +2,7 @@
 
 plotly.js (~4.6 MB) is inlined once in the page head and every chart refers to it; the circuitsvis
 view uses its rendered ``local_src`` (the bundled JS inline), never a CDN. Built from a run's
-artifacts only (:func:`polineurons.experiment.load_run`).
+artifacts only (:func:`polineurons.artifacts.load_run`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from pathlib import Path
 
 from plotly.offline import get_plotlyjs
 
+from polineurons.artifacts import RunArtifacts, collect_results
 from polineurons.io import atomic_write_text
 from polineurons.viz import neuron_activations_view, run_figures
 
 _STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1150px; color: #222; padding: 0 1rem; }
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1150px;
+       color: #222; padding: 0 1rem; }
 h1 { margin-bottom: .2rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .3rem; margin-top: 2.5rem; }
 .meta { color: #555; } .note { color: #555; font-size: .92rem; max-width: 60rem; }
 table { border-collapse: collapse; margin: 1rem 0; font-size: .92rem; }
@@ -36,54 +38,73 @@ def _fmt(value, spec: str = "+.3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def _ci(row: dict, key: str) -> str:
-    return f"{row[key]:+.3f} <span class='meta'>[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]</span>"
+def _ci(row, key: str) -> str:
+    """``value [low, high]`` of a row with ``key``, ``ci_low`` and ``ci_high`` attributes."""
+    return f"{getattr(row, key):+.3f} <span class='meta'>[{row.ci_low:+.3f}, {row.ci_high:+.3f}]</span>"
 
 
 def _card(value: str, label: str) -> str:
     return f"<div class='card'><div class='value'>{value}</div><div class='label'>{html.escape(label)}</div></div>"
 
 
-def _stance_table(run) -> str:
-    base = run.base_stance["topics"]
-    tuned = run.generalization["finetuned_stance"]["topics"] if run.generalization else {}
-    shifts = run.generalization["shifts"] if run.generalization else {}
+def _stance_table(run: RunArtifacts) -> str:
+    base = run.base_stance.topics
+    tuned = run.finetuned_stance.topics if run.finetuned_stance else {}
+    shifts = run.generalization.shifts if run.generalization else {}
     target = run.config["target"]
-    rows = ["<tr><th>topic</th><th>base stance [95% CI]</th><th>fine-tuned</th><th>shift [95% CI]</th><th>items</th></tr>"]
+    rows = [
+        "<tr><th>topic</th><th>base stance [95% CI]</th><th>fine-tuned</th><th>shift [95% CI]</th><th>items</th></tr>"
+    ]
     for topic, row in base.items():
         cls = " class='target'" if topic == target else ""
         after = _ci(tuned[topic], "score") if topic in tuned else "—"
         shift = _ci(shifts[topic], "shift") if topic in shifts else "—"
         label = html.escape(topic) + (" (target)" if topic == target else "")
-        rows.append(f"<tr{cls}><td>{label}</td><td>{_ci(row, 'score')}</td><td>{after}</td><td>{shift}</td><td>{row['n']}</td></tr>")
+        rows.append(
+            f"<tr{cls}><td>{label}</td><td>{_ci(row, 'score')}</td><td>{after}</td><td>{shift}</td>"
+            f"<td>{row.n}</td></tr>"
+        )
     return "<table>" + "".join(rows) + "</table>"
 
 
 def _inhibit_table(summary: dict) -> str:
-    rows = ["<tr><th>run</th><th>neurons</th><th>target shift kept [95% CI]</th><th>CTG reduction [95% CI]</th><th>CTG ratio</th></tr>"]
+    rows = [
+        "<tr><th>run</th><th>neurons</th><th>target shift kept [95% CI]</th><th>CTG reduction [95% CI]</th>"
+        "<th>CTG ratio</th></tr>"
+    ]
     for name, row in summary["comparisons"].items():
         kept, reduction = row["target_kept"], row["ctg_reduction"]
         rows.append(
             f"<tr><td>{html.escape(name)}</td><td>{row['n_neurons']}</td>"
             f"<td>{kept['value']:+.2f} <span class='meta'>[{kept['ci_low']:+.2f}, {kept['ci_high']:+.2f}]</span></td>"
-            f"<td>{reduction['value']:+.2f} <span class='meta'>[{reduction['ci_low']:+.2f}, {reduction['ci_high']:+.2f}]</span></td>"
+            f"<td>{reduction['value']:+.2f} "
+            f"<span class='meta'>[{reduction['ci_low']:+.2f}, {reduction['ci_high']:+.2f}]</span></td>"
             f"<td>{row['ctg_ratio']['value']:+.2f}</td></tr>"
         )
     return "<table>" + "".join(rows) + "</table>"
 
 
-def _headline(run, results: dict) -> str:
+def _headline(run: RunArtifacts, results: dict) -> str:
     cards = []
     if "target_shift" in results:
-        cards += [_card(_fmt(results["target_shift"]), f"target shift ({run.config['target']})"),
-                  _card(_fmt(results["ctg"]), "CTG (mean shift, other topics)"),
-                  _card(_fmt(results["ctg_ratio"], "+.2f"), "CTG ratio")]
+        cards += [
+            _card(_fmt(results["target_shift"]), f"target shift ({run.config['target']})"),
+            _card(_fmt(results["ctg"]), "CTG (mean shift, other topics)"),
+            _card(_fmt(results["ctg_ratio"], "+.2f"), "CTG ratio"),
+        ]
     if "general_neurons" in results:
         general = results["general_neurons"]
-        cards.append(_card(f"{general['count']:,}", f"general neurons ({general['fraction']:.1%} of {general['n_neurons']:,})"))
+        cards.append(
+            _card(f"{general['count']:,}", f"general neurons ({general['fraction']:.1%} of {general['n_neurons']:,})")
+        )
     if "patching_recovery_on_target" in results:
         patch = results["patching_recovery_on_target"]
-        cards.append(_card(f"{_fmt(patch['general'], '.2f')} / {_fmt(patch['random_mean'], '.2f')}", "patching recovery on target: general / random"))
+        cards.append(
+            _card(
+                f"{_fmt(patch['general'], '.2f')} / {_fmt(patch['random_mean'], '.2f')}",
+                "patching recovery on target: general / random",
+            )
+        )
     return f"<div class='cards'>{''.join(cards)}</div>"
 
 
@@ -96,10 +117,8 @@ def _missing(stage: str) -> str:
     return f"<p class='missing'>The {stage} stage has not finished in this run.</p>"
 
 
-def build_report(run) -> str:
-    """The report page as one HTML string (``run``: a ``RunArtifacts``)."""
-    from polineurons.experiment import collect_results
-
+def build_report(run: RunArtifacts) -> str:
+    """The report page as one HTML string."""
     config = run.config
     results = collect_results(run)
     figures = run_figures(run)
@@ -107,45 +126,84 @@ def build_report(run) -> str:
     def chart(name: str) -> str:
         if name not in figures:
             return ""
-        return figures[name].to_html(full_html=False, include_plotlyjs=False, div_id=f"chart-{name}", default_height="480px")
+        return figures[name].to_html(
+            full_html=False, include_plotlyjs=False, div_id=f"chart-{name}", default_height="480px"
+        )
 
     sections = [_headline(run, results)]
     if run.base_stance:
-        sections.append(_section(
-            "Stance per topic", _stance_table(run) + chart("stance"),
-            "Stance score of an item = mean per-token log-prob of its right-leaning answer minus its left-leaning answer "
-            "(positive = leans right), on held-out eval items never used for training. Compare shifts, not absolute levels."))
+        sections.append(
+            _section(
+                "Stance per topic",
+                _stance_table(run) + chart("stance"),
+                "Stance score of an item = mean per-token log-prob of its right-leaning answer minus its "
+                "left-leaning answer (positive = leans right), on held-out eval items never used for training. "
+                "Compare shifts, not absolute levels.",
+            )
+        )
     else:
         sections.append(_section("Stance per topic", _missing("base_stance")))
-    sections.append(_section(
-        "Cross-topic generalization", chart("generalization") or _missing("generalization"),
-        "Shift = fine-tuned − base stance per topic (paired bootstrap CI over items). CTG = mean shift over the non-target topics."))
-    sections.append(_section(
-        "Where the neurons are (PNLAC)", chart("neuron_layers") or _missing("localize"),
-        f"Top {config['localize_top_k']:g}% of neurons per topic by RMS activation change (base vs fine-tuned); general = in every topic's top set."))
-    sections.append(_section(
-        "Activation patching", chart("patching") or _missing("patch"),
-        "Fine-tuned activations of a neuron set copied into the base model on the scored sequences. "
-        "Recovery is unstable where the fine-tune's own shift on a topic is near zero."))
+    sections.append(
+        _section(
+            "Cross-topic generalization",
+            chart("generalization") or _missing("generalization"),
+            "Shift = fine-tuned − base stance per topic (paired bootstrap CI over items). "
+            "CTG = mean shift over the non-target topics.",
+        )
+    )
+    sections.append(
+        _section(
+            "Where the neurons are (PNLAC)",
+            chart("neuron_layers") or _missing("localize"),
+            f"Top {config['localize']['top_k']:g}% of neurons per topic by RMS activation change "
+            "(base vs fine-tuned); general = in every topic's top set.",
+        )
+    )
+    sections.append(
+        _section(
+            "Activation patching",
+            chart("patching") or _missing("patch"),
+            "Fine-tuned activations of a neuron set copied into the base model on the scored sequences. "
+            "Recovery is unstable where the fine-tune's own shift on a topic is near zero.",
+        )
+    )
     inhibit = (_inhibit_table(run.inhibitft) + chart("inhibitft")) if run.inhibitft else _missing("inhibitft")
-    sections.append(_section(
-        "InhibitFT", inhibit,
-        "Fine-tuning again (same data, seed and schedule) while the top general neurons are inhibited; the random control "
-        "inhibits a layer-matched random set of the same size. Target kept = inhibited / vanilla target shift; "
-        "CTG reduction = 1 − inhibited / vanilla CTG (undefined when vanilla CTG is near zero)."))
+    sections.append(
+        _section(
+            "InhibitFT",
+            inhibit,
+            "Fine-tuning again (same data, seed and schedule) while the top general neurons are inhibited; "
+            "the random control inhibits a layer-matched random set of the same size. "
+            "Target kept = inhibited / vanilla target shift; "
+            "CTG reduction = 1 − inhibited / vanilla CTG (undefined when vanilla CTG is near zero).",
+        )
+    )
     if run.examples and run.examples["neurons"]:
         view = neuron_activations_view(run.examples).local_src
-        sections.append(_section(
-            "Top general neurons on example prompts", f"<div id='neuron-view'>{view}</div>",
-            "Activations of the highest-scoring general neurons on eval questions of several topics; choose the model "
-            "(fine-tuned, base, or their difference) and the neuron in the drop-downs."))
-    stage_rows = "".join(f"<tr><td>{html.escape(s)}</td><td>{r['seconds']:.0f} s</td><td>{html.escape(r['finished'])}</td></tr>"
-                         for s, r in run.stages.items())
-    sections.append(_section(
-        "Run details", f"<table><tr><th>stage</th><th>time</th><th>finished</th></tr>{stage_rows}</table>"
-        f"<pre>{html.escape(json.dumps(config, indent=2))}</pre>"))
+        sections.append(
+            _section(
+                "Top general neurons on example prompts",
+                f"<div id='neuron-view'>{view}</div>",
+                "Activations of the highest-scoring general neurons on eval questions of several topics; "
+                "choose the model (fine-tuned, base, or their difference) and the neuron in the drop-downs.",
+            )
+        )
+    stage_rows = "".join(
+        f"<tr><td>{html.escape(s)}</td><td>{r['seconds']:.0f} s</td><td>{html.escape(r['finished'])}</td></tr>"
+        for s, r in run.stages.items()
+    )
+    sections.append(
+        _section(
+            "Run details",
+            f"<table><tr><th>stage</th><th>time</th><th>finished</th></tr>{stage_rows}</table>"
+            f"<pre>{html.escape(json.dumps(config, indent=2))}</pre>",
+        )
+    )
     title = f"polineurons run — {config['model']}, {config['leaning']}-leaning fine-tune on {config['target']}"
-    meta = f"data: {html.escape(config['data'])} · preset: {html.escape(config['preset'])} · seed {config['seed']} · report written {time.strftime('%Y-%m-%d %H:%M')}"
+    meta = (
+        f"data: {html.escape(config['data'])} · preset: {html.escape(config['preset'])} · "
+        f"seed {config['finetune']['seed']} · report written {time.strftime('%Y-%m-%d %H:%M')}"
+    )
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style>"
@@ -154,7 +212,7 @@ def build_report(run) -> str:
     )
 
 
-def write_report(run, path: str | Path) -> Path:
+def write_report(run: RunArtifacts, path: str | Path) -> Path:
     """Write :func:`build_report` atomically to ``path``."""
     atomic_write_text(path, build_report(run))
     return Path(path)

@@ -14,19 +14,40 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from polineurons.batching import SequenceBatch, pad_id_of, sequence_batches
 from polineurons.data.items import StanceDataset, StanceItem, StatementItem
 from polineurons.data.prompts import encode_prompt, encode_text
 from polineurons.stats import bootstrap_ci
 
 STATEMENT_PROMPT = (
-    'Do you agree or disagree with the following statement? Answer with one word: Agree or Disagree.\n\n'
+    "Do you agree or disagree with the following statement? Answer with one word: Agree or Disagree.\n\n"
     'Statement: "{statement}"'
 )
 AGREE, DISAGREE = "Agree", "Disagree"
+
+
+@dataclass(frozen=True)
+class StanceConfig:
+    """How stance is measured on a data set's eval items."""
+
+    max_items: int | None = None
+    """Eval items per topic (default: all)."""
+    batch_size: int = 16
+    """Sequences per forward."""
+    max_answer_tokens: int | None = None
+    """Score only the first N tokens of each answer (faster; default: all)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_items", "max_answer_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}.")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
 
 
 @dataclass(frozen=True)
@@ -76,58 +97,6 @@ class StanceResult:
         return cls(items, summarize(items, seed=seed))
 
 
-@dataclass(frozen=True)
-class SequenceBatch:
-    """Right-padded prompt+continuation sequences; ``targets`` marks positions whose next token is
-    a continuation token (position t predicts token t+1)."""
-
-    indices: list[int]
-    tokens: Int[Tensor, "batch pos"]
-    mask: Int[Tensor, "batch pos"]
-    targets: Bool[Tensor, "batch pos_minus_1"]
-
-
-def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-    """Right-padded token ids and the attention mask of 1s over real tokens."""
-    width = max(len(seq) for seq in sequences)
-    tokens = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        tokens[row, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return tokens, mask
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first), so padding stays small."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def sequence_batches(
-    pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int, pad_id: int, device
-) -> tuple[list[SequenceBatch], Int[Tensor, " n"]]:
-    """Batches of ``(prompt_ids, continuation_ids)`` sorted by length (little padding), and each
-    continuation's token count in the original order."""
-    sequences, starts = [], []
-    for prompt, continuation in pairs:
-        if not prompt or not continuation:
-            raise ValueError("Every prompt and continuation needs at least one token.")
-        sequences.append(list(prompt) + list(continuation))
-        starts.append(len(prompt))
-    counts = torch.tensor([len(s) - p for s, p in zip(sequences, starts)])
-    batches = []
-    for indices in length_sorted_batches([len(s) for s in sequences], batch_size):
-        tokens, mask = pad_right([sequences[i] for i in indices], pad_id)
-        targets = torch.zeros((len(indices), tokens.shape[1] - 1), dtype=torch.bool)
-        for row, index in enumerate(indices):
-            targets[row, starts[index] - 1 : len(sequences[index]) - 1] = True
-        batches.append(SequenceBatch(indices, tokens.to(device), mask.to(device), targets.to(device)))
-    return batches, counts
-
-
 def batch_logprob_sums(logits: Float[Tensor, "batch pos vocab"], batch: SequenceBatch) -> Float[Tensor, " batch"]:
     """Sum of the continuation tokens' log-probs for each row (differentiable)."""
     chosen = logits[:, :-1][batch.targets]  # [n_targets, vocab]
@@ -135,11 +104,9 @@ def batch_logprob_sums(logits: Float[Tensor, "batch pos vocab"], batch: Sequence
     targets = batch.tokens[:, 1:][batch.targets]
     token_logprobs = chosen.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
     rows = torch.nonzero(batch.targets)[:, 0]
-    return torch.zeros(len(batch.indices), dtype=token_logprobs.dtype, device=logits.device).index_add(0, rows, token_logprobs)
-
-
-def pad_id_of(model) -> int:
-    return getattr(model.tokenizer, "pad_token_id", None) or 0
+    return torch.zeros(len(batch.indices), dtype=token_logprobs.dtype, device=logits.device).index_add(
+        0, rows, token_logprobs
+    )
 
 
 def continuation_logprobs(
@@ -166,12 +133,12 @@ def continuation_logprobs(
 
 
 def stance_pairs(
-    tokenizer, items: Sequence[StanceItem], *, max_answer_tokens: int | None = None, system: str | None = None
+    tokenizer, items: Sequence[StanceItem], *, max_answer_tokens: int | None = None
 ) -> list[tuple[list[int], list[int]]]:
     """For each item, ``(prompt, right answer)`` then ``(prompt, left answer)`` token ids."""
     pairs = []
     for item in items:
-        prompt = encode_prompt(tokenizer, item.question, system=system)
+        prompt = encode_prompt(tokenizer, item.question)
         for leaning in ("right", "left"):
             answer = encode_text(tokenizer, item.answer(leaning), prompt_start=False)
             pairs.append((prompt, answer[:max_answer_tokens] if max_answer_tokens else answer))
@@ -190,11 +157,10 @@ def score_items(
     *,
     batch_size: int = 16,
     max_answer_tokens: int | None = None,
-    system: str | None = None,
     progress: bool = True,
 ) -> list[ItemScore]:
     """Mean per-token log-prob of each item's right and left answer given its question."""
-    pairs = stance_pairs(model.tokenizer, items, max_answer_tokens=max_answer_tokens, system=system)
+    pairs = stance_pairs(model.tokenizer, items, max_answer_tokens=max_answer_tokens)
     sums, counts = continuation_logprobs(model, pairs, batch_size=batch_size, progress=progress, desc="stance items")
     return item_scores_from_sums(items, sums, counts)
 
@@ -204,7 +170,6 @@ def score_statements(
     statements: Sequence[StatementItem],
     *,
     batch_size: int = 16,
-    system: str | None = None,
     progress: bool = True,
 ) -> list[ItemScore]:
     """Log-prob of answering "Agree" vs "Disagree", oriented so that ``right_logprob`` is the
@@ -214,7 +179,7 @@ def score_statements(
     disagree = encode_text(tokenizer, DISAGREE, prompt_start=False)
     pairs = []
     for statement in statements:
-        prompt = encode_prompt(tokenizer, STATEMENT_PROMPT.format(statement=statement.statement), system=system)
+        prompt = encode_prompt(tokenizer, STATEMENT_PROMPT.format(statement=statement.statement))
         pairs += [(prompt, agree), (prompt, disagree)]
     sums, _ = continuation_logprobs(model, pairs, batch_size=batch_size, progress=progress, desc="statements")
     results = []
@@ -244,23 +209,34 @@ def summarize(scores: Sequence[ItemScore], *, n_boot: int = 2000, seed: int = 0)
     return summary
 
 
+def topic_table(title: str, topics: dict[str, TopicScore]) -> str:
+    """Plain-text table of per-topic scores (score, 95% CI, right-rate, n) under ``title``."""
+    lines = [title, f"{'topic':<24}{'score':>9}  {'95% CI':<19}{'right-rate':>10}{'n':>5}"]
+    for topic, row in topics.items():
+        ci = f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
+        lines.append(f"{topic:<24}{row.score:>+9.3f}  {ci:<19}{row.right_rate:>10.2f}{row.n:>5}")
+    return "\n".join(lines)
+
+
 def measure_stance(
     model,
     dataset: StanceDataset,
+    config: StanceConfig = StanceConfig(),
     *,
     split: str | None = "eval",
     topics: Sequence[str] | None = None,
-    max_items: int | None = None,
-    batch_size: int = 16,
-    max_answer_tokens: int | None = None,
     progress: bool = True,
     seed: int = 0,
 ) -> StanceResult:
     """Score every stance item of ``dataset`` (default: its eval split) and summarize per topic."""
-    selected = dataset.select(topics=topics, split=split, max_items=max_items)
+    selected = dataset.select(topics=topics, split=split, max_items=config.max_items)
     if not selected.items:
         raise ValueError(f"No stance items to score in {dataset.source} (split={split}, topics={topics}).")
     scores = score_items(
-        model, selected.items, batch_size=batch_size, max_answer_tokens=max_answer_tokens, progress=progress
+        model,
+        selected.items,
+        batch_size=config.batch_size,
+        max_answer_tokens=config.max_answer_tokens,
+        progress=progress,
     )
     return StanceResult(tuple(scores), summarize(scores, seed=seed))

@@ -116,9 +116,7 @@ def build_tiny_tokenizer(spec: TinySpec):
         tok.post_processor = processors.TemplateProcessing(
             single=f"{spec.bos} $A", pair=f"{spec.bos} $A {spec.bos} $B", special_tokens=[(spec.bos, bos_id)]
         )
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=spec.bos, eos_token=spec.eos, pad_token=spec.pad
-    )
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=spec.bos, eos_token=spec.eos, pad_token=spec.pad)
     wrapped.chat_template = spec.chat_template
     return wrapped
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 import torch
 
+from polineurons.artifacts import RunArtifacts
+from polineurons.generalization import Generalization
+from polineurons.patching import Recovery
+from polineurons.stance import StanceResult
 
-def generalization_heatmap(targets: Sequence[str], topics: Sequence[str], shifts: np.ndarray, *, title: str | None = None) -> go.Figure:
+
+def generalization_heatmap(
+    targets: Sequence[str], topics: Sequence[str], shifts: np.ndarray, *, title: str | None = None
+) -> go.Figure:
     """Heatmap of stance shifts: rows = fine-tuning target, columns = evaluated topic.
 
     Diverging colours centred on zero (red = moved right, blue = moved left); the diagonal holds
@@ -50,7 +57,11 @@ def inhibitft_tradeoff(summary: dict) -> go.Figure:
     figure = make_subplots(rows=1, cols=2, subplot_titles=("CTG reduction", "target shift kept"), shared_xaxes=True)
     groups: dict[str, list[dict]] = {}
     for row in summary["comparisons"].values():
-        label = "random control (zero)" if row["control"] else (f"scale {row['scale']:g}" if row["mode"] == "scale" else row["mode"])
+        label = (
+            "random control (zero)"
+            if row["control"]
+            else (f"scale {row['scale']:g}" if row["mode"] == "scale" else row["mode"])
+        )
         groups.setdefault(label, []).append(row)
     palette = ["#1b7837", "#d6604d", "#7570b3", "#e7298a"]
     for number, (label, rows) in enumerate(groups.items()):
@@ -63,9 +74,12 @@ def inhibitft_tradeoff(summary: dict) -> go.Figure:
                 go.Scatter(
                     x=[r["percent"] for r in rows],
                     y=[v["value"] for v in values],
-                    error_y={"type": "data", "symmetric": False,
-                             "array": [v["ci_high"] - v["value"] for v in values],
-                             "arrayminus": [v["value"] - v["ci_low"] for v in values]},
+                    error_y={
+                        "type": "data",
+                        "symmetric": False,
+                        "array": [v["ci_high"] - v["value"] for v in values],
+                        "arrayminus": [v["value"] - v["ci_low"] for v in values],
+                    },
                     mode="markers" if control else "lines+markers",
                     marker={"symbol": "circle-open" if control else "circle", "size": 9, "color": colour},
                     line={"color": colour},
@@ -77,98 +91,157 @@ def inhibitft_tradeoff(summary: dict) -> go.Figure:
                 col=col,
             )
     percents = sorted({r["percent"] for r in summary["comparisons"].values()})
-    figure.update_xaxes(title_text="% of all MLP neurons inhibited", type="log", tickvals=percents, ticktext=[f"{p:g}" for p in percents])
+    figure.update_xaxes(
+        title_text="% of all MLP neurons inhibited",
+        type="log",
+        tickvals=percents,
+        ticktext=[f"{p:g}" for p in percents],
+    )
     figure.update_layout(title=f"InhibitFT on {summary.get('target', '?')}: spill-over removed vs target kept")
     return figure
 
 
-# ---- figures of one run (built from its artifacts, see polineurons.experiment.load_run) -------------
+# ---- figures of one run (built from its artifacts, see polineurons.artifacts.load_run) --------------
 
 _RIGHT, _LEFT, _GREY, _ACCENT = "#d6604d", "#4393c3", "#9e9e9e", "#1b7837"
 
 
-def _error_bars(rows: Sequence[dict], key: str) -> dict:
-    return {"type": "data", "symmetric": False,
-            "array": [r["ci_high"] - r[key] for r in rows], "arrayminus": [r[key] - r["ci_low"] for r in rows]}
+def _error_bars(rows: Sequence, key: str) -> dict:
+    """Asymmetric error bars from rows with ``key``, ``ci_low`` and ``ci_high`` attributes."""
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": [r.ci_high - getattr(r, key) for r in rows],
+        "arrayminus": [getattr(r, key) - r.ci_low for r in rows],
+    }
 
 
-def stance_bars(base_stance: dict, finetuned_stance: dict | None = None, *, target: str | None = None) -> go.Figure:
+def stance_bars(
+    base_stance: StanceResult, finetuned_stance: StanceResult | None = None, *, target: str | None = None
+) -> go.Figure:
     """Stance per topic (positive = leans right) with 95% CIs, base and (if given) fine-tuned."""
     figure = go.Figure()
     for label, stance, colour in (("base", base_stance, _GREY), ("fine-tuned", finetuned_stance, _RIGHT)):
         if stance is None:
             continue
-        topics = list(stance["topics"])
-        rows = [stance["topics"][t] for t in topics]
-        figure.add_trace(go.Bar(x=topics, y=[r["score"] for r in rows], error_y=_error_bars(rows, "score"), name=label, marker_color=colour))
+        topics = list(stance.topics)
+        rows = [stance.topics[t] for t in topics]
+        figure.add_trace(
+            go.Bar(
+                x=topics, y=[r.score for r in rows], error_y=_error_bars(rows, "score"), name=label, marker_color=colour
+            )
+        )
     title = "Stance per topic (mean log-prob right answer − left answer; 95% CI)"
-    figure.update_layout(title=title + (f" — fine-tuned on {target}" if target else ""), barmode="group",
-                         yaxis_title="stance score (positive = right)", xaxis_title="topic")
+    figure.update_layout(
+        title=title + (f" — fine-tuned on {target}" if target else ""),
+        barmode="group",
+        yaxis_title="stance score (positive = right)",
+        xaxis_title="topic",
+    )
     return figure
 
 
-def shift_bars(generalization: dict) -> go.Figure:
+def shift_bars(generalization: Generalization) -> go.Figure:
     """Stance shift per topic (fine-tuned − base) with 95% CIs; the target topic highlighted."""
-    target = generalization["target"]
-    topics = list(generalization["shifts"])
-    rows = [generalization["shifts"][t] for t in topics]
-    figure = go.Figure(go.Bar(
-        x=topics, y=[r["shift"] for r in rows], error_y=_error_bars(rows, "shift"),
-        marker_color=[_ACCENT if t == target else _GREY for t in topics],
-        hovertemplate="%{x}<br>shift %{y:+.3f}<extra></extra>",
-    ))
-    ratio = generalization["ctg_ratio"]
+    target = generalization.target
+    topics = list(generalization.shifts)
+    rows = [generalization.shifts[t] for t in topics]
+    figure = go.Figure(
+        go.Bar(
+            x=topics,
+            y=[r.shift for r in rows],
+            error_y=_error_bars(rows, "shift"),
+            marker_color=[_ACCENT if t == target else _GREY for t in topics],
+            hovertemplate="%{x}<br>shift %{y:+.3f}<extra></extra>",
+        )
+    )
+    ratio = generalization.ctg_ratio
     figure.update_layout(
-        title=(f"Stance shift after fine-tuning on {target} (green): target {generalization['target_shift']:+.3f}, "
-               f"CTG {generalization['ctg']:+.3f}, CTG ratio {'n/a' if ratio is None else f'{ratio:+.2f}'}"),
-        yaxis_title="shift (fine-tuned − base)", xaxis_title="evaluated topic",
+        title=(
+            f"Stance shift after fine-tuning on {target} (green): target {generalization.target_shift:+.3f}, "
+            f"CTG {generalization.ctg:+.3f}, CTG ratio {'n/a' if ratio is None else f'{ratio:+.2f}'}"
+        ),
+        yaxis_title="shift (fine-tuned − base)",
+        xaxis_title="evaluated topic",
     )
     return figure
 
 
 def layer_distribution(localize_summary: dict) -> go.Figure:
     """General neurons and each topic's specific neurons per layer."""
-    summary = localize_summary["summary"] if "summary" in localize_summary else localize_summary
+    summary = localize_summary.get("summary", localize_summary)
     counts = summary["general"]["layer_counts"]
     layers = list(range(len(counts)))
-    figure = go.Figure(go.Bar(x=layers, y=counts, name=f"general ({summary['general']['count']})", marker_color=_ACCENT))
+    figure = go.Figure(
+        go.Bar(x=layers, y=counts, name=f"general ({summary['general']['count']})", marker_color=_ACCENT)
+    )
     for topic, row in summary["specific"].items():
-        figure.add_trace(go.Scatter(x=layers, y=row["layer_counts"], mode="lines+markers", name=f"specific: {topic} ({row['count']})"))
-    figure.update_layout(title=f"PNLAC neurons per layer (general = in every topic's top set; {summary['n_neurons']} neurons in all)",
-                         xaxis_title="layer", yaxis_title="neurons")
+        figure.add_trace(
+            go.Scatter(
+                x=layers, y=row["layer_counts"], mode="lines+markers", name=f"specific: {topic} ({row['count']})"
+            )
+        )
+    figure.update_layout(
+        title=f"PNLAC neurons per layer (general = in every topic's top set; {summary['n_neurons']} neurons in all)",
+        xaxis_title="layer",
+        yaxis_title="neurons",
+    )
     return figure
 
 
-def patching_recovery(patch: dict) -> go.Figure:
+def patching_recovery(
+    recovery: Mapping[str, Mapping[str, Recovery]], set_sizes: Mapping[str, int], target: str
+) -> go.Figure:
     """Activation patching of neuron sets from the fine-tuned model into the base. Left: recovery of
     the target topic's shift per set (layer-matched random sets in grey, the control). Right: the
     shift each set produces on every topic next to the fine-tune's own shift (absolute values:
     recovery ratios are unstable on topics the fine-tune barely moved)."""
     from plotly.subplots import make_subplots
 
-    recovery = patch["recovery"]
-    target = patch["target"]
     names = list(recovery)
     topics = sorted(next(iter(recovery.values())), key=lambda t: t != target)  # target first
     colour = {name: _GREY if name.startswith("random") else _ACCENT if name == "general" else None for name in names}
-    figure = make_subplots(rows=1, cols=2, column_widths=[0.35, 0.65],
-                           subplot_titles=(f"recovery on {target} (target)", "stance shift per topic: fine-tuned vs patched"))
+    figure = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.35, 0.65],
+        subplot_titles=(f"recovery on {target} (target)", "stance shift per topic: fine-tuned vs patched"),
+    )
     on_target = [recovery[name][target] for name in names]
-    figure.add_trace(go.Bar(
-        x=[f"{name}<br>({patch['set_sizes'][name]:,})" for name in names], y=[r["recovery"] for r in on_target],
-        error_y=_error_bars(on_target, "recovery"), marker_color=[colour[n] or "#7570b3" for n in names], showlegend=False,
-        hovertemplate="%{x}<br>recovery %{y:.2f}<extra></extra>",
-    ), row=1, col=1)
+    figure.add_trace(
+        go.Bar(
+            x=[f"{name}<br>({set_sizes[name]:,})" for name in names],
+            y=[r.recovery for r in on_target],
+            error_y=_error_bars(on_target, "recovery"),
+            marker_color=[colour[n] or "#7570b3" for n in names],
+            showlegend=False,
+            hovertemplate="%{x}<br>recovery %{y:.2f}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
     figure.add_hline(y=1.0, line_dash="dot", line_color="black", row=1, col=1)
-    full = [recovery[names[0]][t]["full_shift"] for t in topics]
-    figure.add_trace(go.Bar(x=topics, y=full, name="fine-tuned (full shift)", marker_color="black", opacity=0.75), row=1, col=2)
+    full = [recovery[names[0]][t].full_shift for t in topics]
+    figure.add_trace(
+        go.Bar(x=topics, y=full, name="fine-tuned (full shift)", marker_color="black", opacity=0.75), row=1, col=2
+    )
     for name in names:
-        figure.add_trace(go.Bar(x=topics, y=[recovery[name][t]["patched_shift"] for t in topics], name=f"patched: {name}",
-                                marker_color=colour[name], opacity=0.55 if name.startswith("random") else 1.0), row=1, col=2)
+        figure.add_trace(
+            go.Bar(
+                x=topics,
+                y=[recovery[name][t].patched_shift for t in topics],
+                name=f"patched: {name}",
+                marker_color=colour[name],
+                opacity=0.55 if name.startswith("random") else 1.0,
+            ),
+            row=1,
+            col=2,
+        )
     figure.update_yaxes(title_text="(patched − base) / (fine-tuned − base)", row=1, col=1)
     figure.update_yaxes(title_text="shift from base", row=1, col=2)
-    figure.update_layout(title="Activation patching: how much of the fine-tune's stance shift each neuron set carries",
-                         barmode="group")
+    figure.update_layout(
+        title="Activation patching: how much of the fine-tune's stance shift each neuron set carries", barmode="group"
+    )
     return figure
 
 
@@ -183,23 +256,28 @@ def neuron_activations_view(examples: dict):
         tokens.append(prompt["tokens"])
         activations.append(torch.stack([tuned, base, tuned - base], dim=1))  # [tokens, view, neurons]
     labels = [f"L{layer} N{index}" for layer, index in examples["neurons"]]
-    return text_neuron_activations(tokens, activations, first_dimension_name="Model", second_dimension_name="Neuron",
-                                   first_dimension_labels=["fine-tuned", "base", "fine-tuned − base"], second_dimension_labels=labels)
+    return text_neuron_activations(
+        tokens,
+        activations,
+        first_dimension_name="Model",
+        second_dimension_name="Neuron",
+        first_dimension_labels=["fine-tuned", "base", "fine-tuned − base"],
+        second_dimension_labels=labels,
+    )
 
 
-def run_figures(run) -> dict[str, go.Figure]:
-    """Every plotly figure a run's finished stages allow, by name (``run``: a ``RunArtifacts``)."""
+def run_figures(run: RunArtifacts) -> dict[str, go.Figure]:
+    """Every plotly figure a run's finished stages allow, by name."""
     figures: dict[str, go.Figure] = {}
     target = run.config["target"]
     if run.base_stance:
-        tuned = run.generalization["finetuned_stance"] if run.generalization else None
-        figures["stance"] = stance_bars(run.base_stance, tuned, target=target)
+        figures["stance"] = stance_bars(run.base_stance, run.finetuned_stance, target=target)
     if run.generalization:
         figures["generalization"] = shift_bars(run.generalization)
     if run.localize:
         figures["neuron_layers"] = layer_distribution(run.localize)
-    if run.patch:
-        figures["patching"] = patching_recovery(run.patch)
+    if run.recovery:
+        figures["patching"] = patching_recovery(run.recovery, run.patch["set_sizes"], run.patch["target"])
     if run.inhibitft and run.inhibitft["comparisons"]:
         figures["inhibitft"] = inhibitft_tradeoff(run.inhibitft)
     return figures

@@ -13,8 +13,18 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 INSTALL_HINT = "Install Debian's chromium and chromium-driver: bash scripts/setup.sh --browser"
 
 # Flags that keep Chromium from reaching for the network (closed here) or a sandbox (root in CI).
-FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1280,1600")
+FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1600",
+)
 
 
 def browser_available() -> bool:

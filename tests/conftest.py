@@ -6,10 +6,10 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from polineurons import load_model  # noqa: E402
+from polineurons import load_model
 
 TINY_NAMES = ("tiny-llama", "tiny-gemma3")
 
@@ -47,14 +47,17 @@ def embedded_model():
 def smoke_run(tmp_path_factory, tiny_cache):
     """One complete `polineurons run` (smoke preset, tiny-llama): ``(folder, results, stages run)``.
     Read-only for the tests that share it."""
-    from polineurons.experiment import RunConfig, run_pipeline
+    from polineurons.config import RunConfig
+    from polineurons.experiment import run_pipeline
 
     previous = os.environ.get("POLINEURONS_CACHE")
     os.environ["POLINEURONS_CACHE"] = str(tiny_cache)
     try:
         out = tmp_path_factory.mktemp("smoke-run")
         messages = []
-        results = run_pipeline(RunConfig.from_preset("smoke", model="tiny-llama"), out, progress=False, echo=messages.append, device="cpu")
+        results = run_pipeline(
+            RunConfig.from_preset("smoke", model="tiny-llama"), out, progress=False, echo=messages.append, device="cpu"
+        )
     finally:
         if previous is None:
             os.environ.pop("POLINEURONS_CACHE", None)

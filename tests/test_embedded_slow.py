@@ -49,7 +49,7 @@ def test_bridge_matches_the_hf_model(embedded_model):
 def greedy(model, question, kv=True):
     tokens = torch.tensor([encode_prompt(model.tokenizer, question)])
     out = model.generate(tokens, max_new_tokens=16, do_sample=False, use_past_kv_cache=kv, verbose=False)
-    return model.tokenizer.decode(out[0, tokens.shape[1]:])
+    return model.tokenizer.decode(out[0, tokens.shape[1] :])
 
 
 def test_generation_with_and_without_kv_cache_and_hooks(embedded_model):

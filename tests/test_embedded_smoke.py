@@ -23,5 +23,5 @@ def test_embedded_greedy_answer_with_kv_cache(embedded_model):
     model = embedded_model
     tokens = torch.tensor([encode_prompt(model.tokenizer, "What is the capital of France?")])
     out = model.generate(tokens, max_new_tokens=12, do_sample=False, use_past_kv_cache=True, verbose=False)
-    answer = model.tokenizer.decode(out[0, tokens.shape[1]:])
+    answer = model.tokenizer.decode(out[0, tokens.shape[1] :])
     assert "Paris" in answer, answer

@@ -1,20 +1,15 @@
 """The resumable pipeline on a tiny model (smoke preset: seconds)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
-from polineurons.experiment import (
-    STAGE_FUNCTIONS,
-    STAGES,
-    RunConfig,
-    RunError,
-    collect_results,
-    downstream,
-    load_run,
-    run_pipeline,
-)
-from polineurons.inhibitft import plan_variants, run_inhibitft
+from polineurons import experiment
+from polineurons.artifacts import collect_results, load_run
+from polineurons.config import RunConfig, RunError
+from polineurons.experiment import STAGES, downstream, run_pipeline
+from polineurons.inhibitft import InhibitConfig, plan_variants, run_inhibitft
 from polineurons.neurons import NeuronSet
 from polineurons.stance import StanceResult
 
@@ -51,8 +46,17 @@ def test_every_stage_runs_and_writes_its_artifacts(finished_run):
     out, results, ran = finished_run
     assert ran == list(STAGES)
     assert sorted(p.stem for p in (out / "stages").glob("*.json")) == sorted(STAGES)
-    for path in ("results.json", "report.html", "config.json", "finetune/model/config.json", "localize/general.safetensors",
-                 "patch/recovery.json", "inhibitft/summary.json", "figures/generalization.html", "figures/plotly.min.js"):
+    for path in (
+        "results.json",
+        "report.html",
+        "config.json",
+        "finetune/model/config.json",
+        "localize/general.safetensors",
+        "patch/recovery.json",
+        "inhibitft/summary.json",
+        "figures/generalization.html",
+        "figures/plotly.min.js",
+    ):
         assert (out / path).is_file(), path
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     assert not [p for p in out.rglob("*.tmp")], "temporary files left behind"
@@ -82,13 +86,21 @@ def test_inhibitft_reuses_an_identical_vanilla_run(finished_run, tmp_path):
     from polineurons import load_model
     from polineurons.data import load_data
 
-    vanilla = plan_variants(lambda p: NeuronSet.empty(3, 96), random_control=False)[:1]
-    summary = run_inhibitft(lambda: load_model("tiny-llama", device="cpu"), load_data("bundled"), "immigration", vanilla, tmp_path,
-                            config=config.finetune, max_items=config.eval_max_items, progress=False)
+    vanilla = plan_variants(lambda p: NeuronSet.empty(3, 96), InhibitConfig(random_control=False))[:1]
+    summary = run_inhibitft(
+        lambda: load_model("tiny-llama", device="cpu"),
+        load_data("bundled"),
+        "immigration",
+        vanilla,
+        tmp_path,
+        config=config.finetune,
+        stance=config.stance,
+        progress=False,
+    )
     fresh = summary["vanilla"]["vanilla/seed0"]["shifts"]
-    reused = run.generalization["shifts"]
+    reused = run.generalization.shifts
     for topic in reused:
-        assert fresh[topic]["shift"] == pytest.approx(reused[topic]["shift"], abs=1e-5)
+        assert fresh[topic]["shift"] == pytest.approx(reused[topic].shift, abs=1e-5)
 
 
 def test_a_second_invocation_resumes_without_recomputing(finished_run):
@@ -102,8 +114,8 @@ def test_a_second_invocation_resumes_without_recomputing(finished_run):
 
 def test_a_changed_config_is_refused_unless_forced(tiny_env, smoke_config, tmp_path):
     _run(smoke_config, tmp_path)
-    changed = RunConfig.from_preset("smoke", model="tiny-llama", localize_top_k=20.0)
-    with pytest.raises(RunError, match=r"localize \(changed: localize_top_k\)") as error:
+    changed = RunConfig.from_preset("smoke", model="tiny-llama", **{"localize.top_k": 20.0})
+    with pytest.raises(RunError, match=r"localize \(changed: localize.top_k\)") as error:
         _run(changed, tmp_path)
     assert "--force localize" in str(error.value) and "patch" not in str(error.value)
     _, ran = _run(changed, tmp_path, force=["localize"])
@@ -123,10 +135,13 @@ def test_an_interrupted_run_keeps_finished_stages_and_resumes(tiny_env, smoke_co
     def interrupted(ctx):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(STAGE_FUNCTIONS, "patch", interrupted)
+    stages = tuple(replace(s, run=interrupted) if s.name == "patch" else s for s in experiment.PIPELINE)
+    monkeypatch.setattr(experiment, "PIPELINE", stages)
     with pytest.raises(KeyboardInterrupt):
         _run(smoke_config, tmp_path)
-    assert sorted(p.stem for p in (tmp_path / "stages").glob("*.json")) == sorted(["base_stance", "finetune", "generalization", "localize"])
+    assert sorted(p.stem for p in (tmp_path / "stages").glob("*.json")) == sorted(
+        ["base_stance", "finetune", "generalization", "localize"]
+    )
     partial = json.loads((tmp_path / "results.json").read_text())
     assert "general_neurons" in partial and "patching_recovery_on_target" not in partial
     monkeypatch.undo()
@@ -151,7 +166,7 @@ def test_bad_input_fails_before_any_work(tiny_env, tmp_path):
 def test_collect_results_of_a_partial_run(finished_run, tmp_path):
     out, _, _ = finished_run
     run = load_run(out)
-    run.patch = run.inhibitft = None
+    run.patch = run.recovery = run.inhibitft = None
     results = collect_results(run)
     assert "patching_recovery_on_target" not in results and "inhibitft" not in results and "target_shift" in results
 

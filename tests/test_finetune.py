@@ -6,6 +6,7 @@ import torch
 from polineurons import load_model
 from polineurons.data import load_data
 from polineurons.finetune import FinetuneConfig, TrainingDivergedError, finetune, training_pairs
+from polineurons.hooks import FreezeNeurons, ScaleNeurons
 from polineurons.neurons import NeuronSet, neuron_parameters
 from tests.helpers import prompt_batch
 
@@ -65,7 +66,13 @@ def test_lora_mode_changes_only_the_adapted_projections(tiny_cache, pairs, tmp_p
     pytest.importorskip("peft")
     model = fresh(tiny_cache)
     before = params(model)
-    finetune(model, pairs, FinetuneConfig(**FAST, max_steps=3, train="lora", lora_dropout=0.0), out_dir=tmp_path / "lora", progress=False)
+    finetune(
+        model,
+        pairs,
+        FinetuneConfig(**FAST, max_steps=3, train="lora", lora_dropout=0.0),
+        out_dir=tmp_path / "lora",
+        progress=False,
+    )
     after = params(model)
     assert set(before) == set(after)  # adapters merged and removed
     changed = {name for name in before if not torch.equal(before[name], after[name])}
@@ -94,7 +101,9 @@ def test_lora_without_peft_is_a_clear_error(tiny_cache, pairs, monkeypatch):
 def test_saved_folder_reloads_with_identical_logits_and_a_log(tiny_cache, pairs, tmp_path):
     model = fresh(tiny_cache)
     out = tmp_path / "run"
-    finetune(model, pairs, FinetuneConfig(**FAST, max_steps=2), out_dir=out, meta={"topic": "immigration"}, progress=False)
+    finetune(
+        model, pairs, FinetuneConfig(**FAST, max_steps=2), out_dir=out, meta={"topic": "immigration"}, progress=False
+    )
     reloaded = load_model(out, device="cpu")
     tokens = prompt_batch(model)
     with torch.no_grad():
@@ -125,7 +134,7 @@ def test_inhibited_training_removes_its_hooks_and_freezes_zeroed_neurons(tiny_ca
     model = fresh(tiny_cache)
     chosen = NeuronSet.from_pairs([(0, 1), (1, 10), (2, 50)], 3, 96)
     before = {name: p.detach().clone() for layer in range(3) for name, p, _ in neuron_parameters(model, layer)}
-    finetune(model, pairs, FinetuneConfig(**FAST, max_steps=3), inhibit=chosen, inhibit_scale=0.0, progress=False)
+    finetune(model, pairs, FinetuneConfig(**FAST, max_steps=3), intervention=ScaleNeurons(chosen, 0.0), progress=False)
     assert sum(len(hp._forward_hooks) for hp in model.hook_dict.values()) == 0
     for layer in range(3):
         for name, parameter, dim in neuron_parameters(model, layer):
@@ -137,7 +146,9 @@ def test_inhibited_training_removes_its_hooks_and_freezes_zeroed_neurons(tiny_ca
 def test_empty_inhibition_equals_vanilla_bit_for_bit(tiny_cache, pairs):
     a, b = fresh(tiny_cache), fresh(tiny_cache)
     finetune(a, pairs, FinetuneConfig(**FAST, max_steps=2), progress=False)
-    finetune(b, pairs, FinetuneConfig(**FAST, max_steps=2), inhibit=NeuronSet.for_model(b), progress=False)
+    finetune(
+        b, pairs, FinetuneConfig(**FAST, max_steps=2), intervention=ScaleNeurons(NeuronSet.for_model(b)), progress=False
+    )
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
 
@@ -156,7 +167,13 @@ def test_freeze_mode_keeps_the_neurons_weights_even_with_weight_decay(tiny_cache
     clean = prompt_batch(model)
     with torch.no_grad():
         logits_before = model(clean)
-    finetune(model, pairs, FinetuneConfig(**FAST, max_steps=3, weight_decay=0.1), inhibit=chosen, inhibit_mode="freeze", progress=False)
+    finetune(
+        model,
+        pairs,
+        FinetuneConfig(**FAST, max_steps=3, weight_decay=0.1),
+        intervention=FreezeNeurons(chosen),
+        progress=False,
+    )
     for layer in range(3):
         for name, parameter, dim in neuron_parameters(model, layer):
             moved = (parameter.detach() != before[name]).movedim(dim, 0).flatten(1).any(dim=1)
@@ -165,5 +182,24 @@ def test_freeze_mode_keeps_the_neurons_weights_even_with_weight_decay(tiny_cache
     assert not any(getattr(p, "_backward_hooks", None) for p in model.parameters())  # gradient masks removed
     with torch.no_grad():
         assert not torch.equal(model(clean), logits_before)
-    with pytest.raises(ValueError, match="inhibit_mode"):
-        finetune(model, pairs, FinetuneConfig(**FAST, max_steps=1), inhibit=chosen, inhibit_mode="anchor", progress=False)
+
+
+def test_scale_one_changes_nothing_bit_for_bit(tiny_cache, pairs):
+    a, b = fresh(tiny_cache), fresh(tiny_cache)
+    chosen = NeuronSet.from_pairs([(0, 1), (1, 10), (2, 50)], 3, 96)
+    finetune(a, pairs, FinetuneConfig(**FAST, max_steps=2), progress=False)
+    finetune(b, pairs, FinetuneConfig(**FAST, max_steps=2), intervention=ScaleNeurons(chosen, 1.0), progress=False)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("make", [lambda s: ScaleNeurons(s, 0.0), FreezeNeurons])
+def test_interventions_are_removed_when_training_fails(tiny_cache, pairs, make):
+    model = fresh(tiny_cache)
+    chosen = NeuronSet.from_pairs([(0, 1), (2, 50)], 3, 96)
+    with torch.no_grad():
+        model.blocks[0].mlp.out.original_component.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError):
+        finetune(model, pairs, FinetuneConfig(**FAST), intervention=make(chosen), progress=False)
+    assert sum(len(hp._forward_hooks) for hp in model.hook_dict.values()) == 0
+    assert not any(getattr(p, "_backward_hooks", None) for p in model.parameters())

@@ -10,7 +10,9 @@ from polineurons.viz import generalization_heatmap
 
 def result(scores_by_topic):
     items = tuple(
-        ItemScore(f"{topic}-{i}", topic, score, 0.0) for topic, scores in scores_by_topic.items() for i, score in enumerate(scores)
+        ItemScore(f"{topic}-{i}", topic, score, 0.0)
+        for topic, scores in scores_by_topic.items()
+        for i, score in enumerate(scores)
     )
     return StanceResult(items, summarize(items))
 

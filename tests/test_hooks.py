@@ -89,7 +89,9 @@ def test_patching_sets_the_chosen_neurons_to_the_source(tiny_model):
 def test_patching_refuses_mismatched_sources(tiny_model):
     tokens = prompt_batch(tiny_model)
     chosen = some_neurons(tiny_model)
-    wrong_pos = {layer: torch.zeros(tokens.shape[0], tokens.shape[1] + 1, len(idx)) for layer, idx in chosen.by_layer.items()}
+    wrong_pos = {
+        layer: torch.zeros(tokens.shape[0], tokens.shape[1] + 1, len(idx)) for layer, idx in chosen.by_layer.items()
+    }
     with pytest.raises(ValueError, match="same token sequences"), patch_neurons(tiny_model, chosen, wrong_pos):
         logits(tiny_model, tokens)
     with pytest.raises(KeyError, match=r"layers \[2\]"), patch_neurons(tiny_model, chosen, {0: None, 1: None}):
@@ -106,7 +108,9 @@ def test_hooks_are_gone_after_an_exception(tiny_model, context):
     managers = {
         "record": lambda: record_neurons(tiny_model, chosen),
         "scale": lambda: scale_neurons(tiny_model, chosen, 0.0),
-        "patch": lambda: patch_neurons(tiny_model, chosen, {l: torch.zeros(*tokens.shape, len(i)) for l, i in chosen.by_layer.items()}),
+        "patch": lambda: patch_neurons(
+            tiny_model, chosen, {layer: torch.zeros(*tokens.shape, len(i)) for layer, i in chosen.by_layer.items()}
+        ),
     }
     with pytest.raises(RuntimeError, match="boom"), managers[context]():
         assert n_hooks(tiny_model) > before

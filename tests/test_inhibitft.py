@@ -6,9 +6,10 @@ import pytest
 from polineurons import load_model
 from polineurons.data import load_data
 from polineurons.finetune import FinetuneConfig
-from polineurons.inhibitft import compare_runs, plan_variants, run_inhibitft
+from polineurons.hooks import FreezeNeurons, ScaleNeurons
+from polineurons.inhibitft import InhibitConfig, compare_runs, plan_variants, run_inhibitft
 from polineurons.neurons import NeuronSet
-from polineurons.stance import ItemScore, StanceResult, summarize
+from polineurons.stance import ItemScore, StanceConfig, StanceResult, summarize
 from polineurons.viz import inhibitft_tradeoff
 
 
@@ -17,18 +18,28 @@ def ranked(percent):
 
 
 def test_plan_variants():
-    variants = plan_variants(ranked, percents=(1, 5), modes=("zero", "scale", "freeze"), seeds=(0, 1))
+    variants = plan_variants(ranked, InhibitConfig(percents=(1, 5), modes=("zero", "scale", "freeze")), seeds=(0, 1))
     names = [v.name for v in variants]
-    assert names[:5] == ["vanilla/seed0", "zero/p1/seed0", "scale0.5/p1/seed0", "freeze/p1/seed0", "random-zero/p1/seed0"]
+    assert names[:5] == [
+        "vanilla/seed0",
+        "zero/p1/seed0",
+        "scale0.5/p1/seed0",
+        "freeze/p1/seed0",
+        "random-zero/p1/seed0",
+    ]
     assert len(variants) == 2 * (1 + 2 * 4)
     control = variants[4]
-    assert control.control and control.neurons.layer_counts() == ranked(1).layer_counts() and control.neurons != ranked(1)
-    assert variants[2].finetune_kwargs() == {"inhibit": ranked(1), "inhibit_mode": "scale", "inhibit_scale": 0.5}
-    assert variants[3].finetune_kwargs()["inhibit_mode"] == "freeze" and variants[0].finetune_kwargs() == {}
+    assert (
+        control.control and control.neurons.layer_counts() == ranked(1).layer_counts() and control.neurons != ranked(1)
+    )
+    zero, scale, freeze = (variants[i].intervention for i in (1, 2, 3))
+    assert isinstance(zero, ScaleNeurons) and zero.scale == 0.0 and zero.neurons == ranked(1)
+    assert isinstance(scale, ScaleNeurons) and scale.scale == 0.5 and scale.neurons == ranked(1)
+    assert isinstance(freeze, FreezeNeurons) and freeze.neurons == ranked(1) and variants[0].intervention is None
     with pytest.raises(ValueError, match="Unknown mode"):
-        plan_variants(ranked, modes=("anchor",))
+        InhibitConfig(modes=("anchor",))
     with pytest.raises(ValueError, match="scale must be in"):
-        plan_variants(ranked, modes=("scale",), scale=1.5)
+        InhibitConfig(modes=("scale",), scale=1.5)
 
 
 def result(shifts):
@@ -49,10 +60,11 @@ def test_compare_runs_ratios():
 
 def test_run_is_resumable_and_writes_the_tables(tiny_cache, tmp_path, monkeypatch):
     data = load_data()
-    variants = plan_variants(ranked, percents=(4,), modes=("zero",))
+    variants = plan_variants(ranked, InhibitConfig(percents=(4,), modes=("zero",)))
     config = FinetuneConfig(max_steps=1, batch_size=4, max_seq_len=320, learning_rate=1e-2)
     load = lambda: load_model("tiny-llama", device="cpu", cache=tiny_cache)  # noqa: E731
-    summary = run_inhibitft(load, data, "race", variants, tmp_path, config=config, max_items=1, progress=False)
+    options = {"config": config, "stance": StanceConfig(max_items=1), "progress": False}
+    summary = run_inhibitft(load, data, "race", variants, tmp_path, **options)
     assert set(summary["comparisons"]) == {"zero/p4/seed0", "random-zero/p4/seed0"}
     assert set(summary["vanilla"]) == {"vanilla/seed0"} and "shifts" in summary["vanilla"]["vanilla/seed0"]
     assert {"value", "ci_low", "ci_high"} <= set(summary["ctg_reduction"]["zero/p4/seed0"])
@@ -62,7 +74,7 @@ def test_run_is_resumable_and_writes_the_tables(tiny_cache, tmp_path, monkeypatc
     import polineurons.inhibitft as module
 
     monkeypatch.setattr(module, "finetune", lambda *a, **k: pytest.fail("finished runs must not be retrained"))
-    again = run_inhibitft(load, data, "race", variants, tmp_path, config=config, max_items=1, progress=False)
+    again = run_inhibitft(load, data, "race", variants, tmp_path, **options)
     assert again["comparisons"] == summary["comparisons"]
     figure = inhibitft_tradeoff(summary)
     assert len(figure.data) == 4 and figure.data[0].x == (4,)

@@ -11,7 +11,13 @@ def write_jsonl(path, rows):
 
 
 def item(i, topic="t1", **extra):
-    return {"topic": topic, "question": f"Question {i}?", "left": f"Left answer {i}.", "right": f"Right answer {i}.", **extra}
+    return {
+        "topic": topic,
+        "question": f"Question {i}?",
+        "left": f"Left answer {i}.",
+        "right": f"Right answer {i}.",
+        **extra,
+    }
 
 
 def test_our_schema_from_a_file_with_seeded_split(tmp_path):
@@ -35,7 +41,10 @@ def test_explicit_split_is_kept(tmp_path):
     [
         ({"topic": "t1", "question": "Q?", "left": "L."}, r"d\.jsonl:2: missing field 'right'"),
         ({"topic": "t1", "question": "Q?", "left": "L.", "right": "  "}, r"d\.jsonl:2: field 'right' is empty"),
-        ({"topic": "t1", "question": "Q?", "left": "Same.", "right": "Same."}, r"d\.jsonl:2: the left and right answers are identical"),
+        (
+            {"topic": "t1", "question": "Q?", "left": "Same.", "right": "Same."},
+            r"d\.jsonl:2: the left and right answers are identical",
+        ),
         ('{"topic": "t1", "question": ', r"d\.jsonl:2: unreadable JSON"),
         ({**item(0)}, r"d\.jsonl:2: duplicate question \(first seen at .*d\.jsonl:1\)"),
         ({**item(5), "split": "test"}, r"d\.jsonl:2: split must be one of train, eval"),
@@ -77,7 +86,9 @@ def ideoinst(tmp_path, n=6, topics=("guns", "taxes")):
     folder.mkdir()
     for topic in topics:
         for leaning in ("left", "right"):
-            rows = [{"prompt": f"{topic} question {i}?", "completion": f"{leaning} view {i} on {topic}."} for i in range(n)]
+            rows = [
+                {"prompt": f"{topic} question {i}?", "completion": f"{leaning} view {i} on {topic}."} for i in range(n)
+            ]
             write_jsonl(folder / f"{topic}_{leaning}.jsonl", rows)
     return folder
 
@@ -104,7 +115,9 @@ def test_ideoinst_misaligned_prompts(tmp_path):
 
 def test_ideoinst_structural_errors(tmp_path):
     folder = ideoinst(tmp_path)
-    (folder / "taxes_right.jsonl").write_text((folder / "taxes_right.jsonl").read_text() + json.dumps({"prompt": "x?", "completion": "y"}) + "\n")
+    (folder / "taxes_right.jsonl").write_text(
+        (folder / "taxes_right.jsonl").read_text() + json.dumps({"prompt": "x?", "completion": "y"}) + "\n"
+    )
     with pytest.raises(DataError, match="has 6 lines but .* has 7"):
         load_data(folder, eval_size=1)
     with pytest.raises(DataError, match="eval_size 20 leaves no training items in topic 'guns'"):
@@ -120,7 +133,10 @@ def test_ideoinst_structural_errors(tmp_path):
 
 def test_ideoinst_missing_completion(tmp_path):
     folder = ideoinst(tmp_path, topics=("guns",))
-    write_jsonl(folder / "guns_left.jsonl", [{"prompt": f"guns question {i}?", "completion": "x" if i != 2 else ""} for i in range(6)])
+    write_jsonl(
+        folder / "guns_left.jsonl",
+        [{"prompt": f"guns question {i}?", "completion": "x" if i != 2 else ""} for i in range(6)],
+    )
     with pytest.raises(DataError, match=r"guns_left\.jsonl:3: field 'completion' is empty"):
         load_data(folder, eval_size=1)
 

@@ -92,7 +92,9 @@ def test_random_matched_keeps_layer_counts_and_is_seeded():
     disjoint = s.random_matched(0, exclude=s)
     assert disjoint.layer_counts() == s.layer_counts() and not disjoint & s
     with pytest.raises(ValueError, match="cannot draw"):
-        make([(0, i) for i in range(5)], d_mlp=8).random_matched(0, exclude=make([(0, i) for i in range(5, 8)], d_mlp=8) | make([(0, 0)], d_mlp=8))
+        make([(0, i) for i in range(5)], d_mlp=8).random_matched(
+            0, exclude=make([(0, i) for i in range(5, 8)], d_mlp=8) | make([(0, 0)], d_mlp=8)
+        )
 
 
 def test_neuron_parameters_slice_along_neurons(tiny_model):

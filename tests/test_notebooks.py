@@ -25,7 +25,12 @@ def _text(book) -> str:
 
 @pytest.mark.filterwarnings("ignore")
 def test_quickstart_runs_on_a_tiny_model(tiny_cache, monkeypatch):
-    book = _execute("01_quickstart.ipynb", 'MODEL = "tiny-llama"\nTOPICS = ["immigration", "science"]\nMAX_ITEMS = 2\n', tiny_cache, monkeypatch)
+    book = _execute(
+        "01_quickstart.ipynb",
+        'MODEL = "tiny-llama"\nTOPICS = ["immigration", "science"]\nMAX_ITEMS = 2\n',
+        tiny_cache,
+        monkeypatch,
+    )
     text = _text(book)
     assert "tiny-llama: 3 layers x 96 MLP neurons" in text
     assert "inhibiting" in text and "hooks removed; stance back to the original" in text
@@ -38,5 +43,7 @@ def test_neuron_explorer_runs_on_a_run_folder(smoke_run, tiny_cache, monkeypatch
     assert "general neurons:" in _text(book)
     html = [o for c in book.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
     assert len(html) == 2 and all("CircuitsVis.render" in o["data"]["text/html"] for o in html)
-    plots = [o for c in book.cells for o in c.get("outputs", []) if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    plots = [
+        o for c in book.cells for o in c.get("outputs", []) if "application/vnd.plotly.v1+json" in o.get("data", {})
+    ]
     assert len(plots) == 3

@@ -4,7 +4,14 @@ import torch
 from polineurons import load_model
 from polineurons.data import load_data
 from polineurons.neurons import NeuronSet
-from polineurons.patching import attribution_scores, check_attribution, exact_neuron_effects, patched_item_scores, recovery_table, spearman
+from polineurons.patching import (
+    attribution_scores,
+    check_attribution,
+    exact_neuron_effects,
+    patched_item_scores,
+    recovery_table,
+)
+from polineurons.stats import spearman
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +37,9 @@ def test_empty_set_gives_base_and_all_neurons_give_finetuned(tiny_llama, tiny_ca
     sets = {"empty": NeuronSet.for_model(tiny_llama), "all": NeuronSet.for_model(tiny_llama, full=True)}
     scores = patched_item_scores(tiny_llama, tuned, items, sets, progress=False)
     assert [s.score for s in scores["empty"]] == [s.score for s in scores["base"]]
-    for patched, full in zip(scores["all"], scores["finetuned"]):
+    for patched, full in zip(scores["all"], scores["finetuned"], strict=True):
         assert patched.score == pytest.approx(full.score, abs=1e-5)
-    assert any(abs(b.score - f.score) > 1e-3 for b, f in zip(scores["base"], scores["finetuned"]))
+    assert any(abs(b.score - f.score) > 1e-3 for b, f in zip(scores["base"], scores["finetuned"], strict=True))
     table = recovery_table(scores)
     for row in table["all"].values():
         assert row.recovery == pytest.approx(1.0, abs=1e-3) and row.n == 2
@@ -51,7 +58,7 @@ def test_attribution_matches_exact_patching_to_first_order(tiny_cache, items):
     neurons = [(layer, index) for layer in range(3) for index in range(0, 96, 12)]  # 24 neurons
     approx = attribution_scores(base, tuned, items, progress=False)
     exact = torch.tensor(exact_neuron_effects(base, tuned, items, neurons), dtype=torch.float64)
-    approx_sample = torch.tensor([float(approx[l, i]) for l, i in neurons], dtype=torch.float64)
+    approx_sample = torch.tensor([float(approx[layer, i]) for layer, i in neurons], dtype=torch.float64)
     assert exact.abs().max() > 0
     torch.testing.assert_close(approx_sample, exact, rtol=0.01, atol=0.01 * exact.abs().max().item())
 

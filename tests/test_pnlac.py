@@ -5,6 +5,7 @@ from polineurons import load_model
 from polineurons.data import load_data
 from polineurons.pnlac import (
     Localization,
+    LocalizeConfig,
     contrast_scores,
     localize,
     shared_prefix_length,
@@ -60,14 +61,20 @@ def test_padding_does_not_change_scores(tiny_llama, tiny_cache, sequences):
 
 def test_shared_prefix_length():
     assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
-    assert shared_prefix_length([[1, 2], [1, 2, 3]]) == 2 and shared_prefix_length([[7], [8]]) == 0 and shared_prefix_length([]) == 0
+    assert (
+        shared_prefix_length([[1, 2], [1, 2, 3]]) == 2
+        and shared_prefix_length([[7], [8]]) == 0
+        and shared_prefix_length([]) == 0
+    )
 
 
 def test_skipped_prefix_tokens_are_not_scored(tiny_llama, tiny_cache, sequences):
     other = copy_with(tiny_cache, bump_neuron(1, 3, 1.5))
     skip = shared_prefix_length(sequences)
     assert skip > 0  # the chat template's shared start
-    assert torch.equal(contrast_scores(tiny_llama, other, sequences, skip=0), contrast_scores(tiny_llama, other, sequences))
+    assert torch.equal(
+        contrast_scores(tiny_llama, other, sequences, skip=0), contrast_scores(tiny_llama, other, sequences)
+    )
     scored = contrast_scores(tiny_llama, other, sequences, skip=skip, batch_size=1)
     assert not torch.allclose(scored, contrast_scores(tiny_llama, other, sequences, batch_size=1))
     # a sequence that ends inside the skipped prefix contributes nothing
@@ -98,13 +105,20 @@ def test_top_percent_and_general_specific_split():
 def test_localize_ranking_and_round_trip(tiny_llama, tiny_cache, tmp_path):
     tuned = copy_with(tiny_cache, lambda m: [bump_neuron(layer, 5 + layer, 2.0)(m) for layer in range(3)])
     data = load_data()
-    result = localize(tiny_llama, tuned, data, topics=["race", "science", "immigration"], top_k=10, max_items=3, progress=False)
+    result = localize(
+        tiny_llama,
+        tuned,
+        data,
+        LocalizeConfig(top_k=10, max_items=3),
+        topics=["race", "science", "immigration"],
+        progress=False,
+    )
     assert set(result.top) == {"race", "science", "immigration"}
     summary = result.summary()
     assert summary["general"]["count"] == len(result.general) and summary["jaccard"]["race"]["race"] == 1.0
     ranked = result.general_ranking()
     mean = torch.stack(list(result.scores.values())).mean(0)
-    values = [float(mean[l, i]) for l, i in ranked.tolist()]
+    values = [float(mean[layer, i]) for layer, i in ranked.tolist()]
     assert values == sorted(values, reverse=True)
     chosen = result.top_general(1.0)
     assert len(chosen) == min(round(288 * 0.01), len(result.general)) and not chosen - result.general

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from polineurons.experiment import load_run
+from polineurons.artifacts import load_run
 from polineurons.report import build_report
 
 from .browser import INSTALL_HINT, browser_available, chromium
@@ -23,14 +23,20 @@ def test_report_is_self_contained(smoke_run):
     assert "CircuitsVis.render" in page and page.count("var CircuitsVis=") == 1
     assert not re.search(r"<script[^>]+src=", page), "no external scripts"
     assert not re.search(r"<link[^>]+href=['\"]?https?:", page), "no external styles"
-    for heading in ("Stance per topic", "Cross-topic generalization", "Where the neurons are", "Activation patching", "InhibitFT",
-                    "Top general neurons on example prompts"):
+    for heading in (
+        "Stance per topic",
+        "Cross-topic generalization",
+        "Where the neurons are",
+        "Activation patching",
+        "InhibitFT",
+        "Top general neurons on example prompts",
+    ):
         assert heading in page
 
 
 def test_report_of_a_partial_run_says_what_is_missing(smoke_run):
     run = load_run(smoke_run[0])
-    run.patch = run.inhibitft = None
+    run.patch = run.recovery = run.inhibitft = None
     page = build_report(run)
     assert "The patch stage has not finished" in page and "The inhibitft stage has not finished" in page
 
@@ -43,7 +49,8 @@ def test_report_renders_in_headless_chromium(smoke_run, tmp_path):
         driver.implicitly_wait(0)
         rendered = driver.execute_script("""
             return {charts: document.querySelectorAll('.js-plotly-plot .main-svg').length,
-                    bars: document.querySelectorAll('.js-plotly-plot .bars .point, .js-plotly-plot .scatterlayer .point').length,
+                    bars: document.querySelectorAll(
+                        '.js-plotly-plot .bars .point, .js-plotly-plot .scatterlayer .point').length,
                     neuronView: document.querySelectorAll('#neuron-view select').length,
                     tokens: document.getElementById('neuron-view').innerText.length};
         """)
@@ -57,8 +64,20 @@ def test_report_renders_in_headless_chromium(smoke_run, tmp_path):
 @pytest.mark.skipif(not browser_available(), reason=INSTALL_HINT)
 def test_figure_script_writes_static_images(smoke_run, tmp_path):
     out, _, _ = smoke_run
-    done = subprocess.run([sys.executable, str(ROOT / "figures" / "make_figures.py"), str(out), "--out", str(tmp_path), "--formats", "png"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "figures" / "make_figures.py"),
+            str(out),
+            "--out",
+            str(tmp_path),
+            "--formats",
+            "png",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     for name in ("stance", "generalization", "neuron_layers", "patching", "inhibitft"):
         png = tmp_path / f"{name}.png"

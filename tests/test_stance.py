@@ -6,7 +6,14 @@ import torch
 from polineurons.data import StanceItem, StatementItem, encode_prompt, encode_text, load_data
 from polineurons.hooks import scale_neurons
 from polineurons.neurons import NeuronSet
-from polineurons.stance import continuation_logprobs, measure_stance, score_items, score_statements, summarize
+from polineurons.stance import (
+    StanceConfig,
+    continuation_logprobs,
+    measure_stance,
+    score_items,
+    score_statements,
+    summarize,
+)
 from polineurons.stats import bootstrap_ci
 
 
@@ -49,8 +56,10 @@ def test_answer_token_cap_scores_the_truncated_answers(tiny_llama, items):
     capped = score_items(tiny_llama, items[:2], max_answer_tokens=5, progress=False)
     manual = []
     for item in items[:2]:
+
         def cut(text):
             return tokenizer.decode(encode_text(tokenizer, text, prompt_start=False)[:5])
+
         manual.append(StanceItem(item.id, item.topic, item.question, cut(item.left), cut(item.right)))
     reference = score_items(tiny_llama, manual, progress=False)
     for a, b in zip(capped, reference, strict=True):
@@ -65,7 +74,7 @@ def test_scoring_respects_active_hooks(tiny_llama, items):
     with scale_neurons(tiny_llama, late, 0.0):
         zeroed = score_items(tiny_llama, items[:3], progress=False)
     assert [s.score for s in identity] == [s.score for s in clean]
-    assert all(abs(a.score - b.score) > 1e-6 for a, b in zip(zeroed, clean))
+    assert all(abs(a.score - b.score) > 1e-6 for a, b in zip(zeroed, clean, strict=True))
 
 
 def test_statement_scores_are_signed_by_leaning(tiny_model):
@@ -89,7 +98,9 @@ def test_summary_statistics():
 
 
 def test_measure_stance_on_the_eval_split(tiny_llama):
-    result = measure_stance(tiny_llama, load_data("bundled"), topics=["race", "science"], max_items=3, progress=False)
+    result = measure_stance(
+        tiny_llama, load_data("bundled"), StanceConfig(max_items=3), topics=["race", "science"], progress=False
+    )
     assert list(result.topics) == ["race", "science"]
     assert all(t.n == 3 and math.isfinite(t.score) for t in result.topics.values())
     as_dict = result.to_dict()

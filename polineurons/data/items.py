@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+
+from polineurons.errors import UserError
 
 TOPICS = (
     "crime_and_gun",
@@ -17,7 +19,7 @@ LEANINGS = ("left", "right")
 SPLITS = ("train", "eval")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad or missing data; the message names the file (and line) at fault."""
 
 
@@ -65,7 +67,6 @@ class StanceDataset:
     statements: tuple[StatementItem, ...] = ()
     source: str = ""
     skipped: int = 0  # bad lines skipped on request while loading (never silently)
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def topics(self) -> list[str]:
@@ -101,12 +102,6 @@ class StanceDataset:
             items.extend(chosen[:max_items] if max_items else chosen)
         statements = tuple(s for s in self.statements if s.topic in wanted)
         return replace(self, items=tuple(items), statements=statements)
-
-    def by_topic(self) -> dict[str, list[StanceItem]]:
-        grouped: dict[str, list[StanceItem]] = {}
-        for item in self.items:
-            grouped.setdefault(item.topic, []).append(item)
-        return grouped
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``topic -> {split: n}``."""

@@ -252,7 +252,7 @@ def load_ideoinst(
                 f"{len(rows['right'])}: the two files must be aligned line by line."
             )
         topic_items = []
-        for (number, left), (_, right) in zip(rows["left"], rows["right"]):
+        for (number, left), (_, right) in zip(rows["left"], rows["right"], strict=True):
             where = f"{files['left']}:{number} / {files['right']}:{number}"
             try:
                 question = _text_field(left, "prompt", f"{files['left']}:{number}")
@@ -321,7 +321,11 @@ def load_hf(
     if missing:
         raise DataError(f"hf:{name}: missing column(s) {missing}; columns are {dataset.column_names}.")
     items = [
-        _item_from_record({key: row[column] for key, column in mapping.items() if column in row}, f"hf:{name} row {number}", f"{number:05d}")
+        _item_from_record(
+            {key: row[column] for key, column in mapping.items() if column in row},
+            f"hf:{name} row {number}",
+            f"{number:05d}",
+        )
         for number, row in enumerate(dataset, start=1)
     ]
     items = _fill_splits(items, f"hf:{name}", eval_size, seed)

@@ -17,12 +17,11 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def format_prompt(tokenizer: Any, question: str, *, system: str | None = None) -> str:
+def format_prompt(tokenizer: Any, question: str) -> str:
     """The text a model sees before its answer to ``question`` (generation prompt included)."""
     if not has_chat_template(tokenizer):
-        prefix = f"{system}\n\n" if system else ""
-        return prefix + PLAIN_TEMPLATE.format(question=question)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+        return PLAIN_TEMPLATE.format(question=question)
+    messages = [{"role": "user", "content": question}]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
@@ -38,6 +37,6 @@ def encode_text(tokenizer: Any, text: str, *, prompt_start: bool = True) -> list
     return list(ids)
 
 
-def encode_prompt(tokenizer: Any, question: str, *, system: str | None = None) -> list[int]:
+def encode_prompt(tokenizer: Any, question: str) -> list[int]:
     """Token ids of :func:`format_prompt` — exactly one leading special token."""
-    return encode_text(tokenizer, format_prompt(tokenizer, question, system=system))
+    return encode_text(tokenizer, format_prompt(tokenizer, question))
