@@ -1,10 +1,12 @@
-"""Regenerate a run's figures as static images (PNG and SVG) and standalone HTML, offline.
+"""Regenerate the figures of a run, matrix or mitigation folder as static images (PNG, SVG) and HTML, offline.
 
-    .venv/bin/python figures/make_figures.py runs/quick --out figures/quick
+    .venv/bin/python figures/make_figures.py runs/quick --out figures/quick        # a `polineurons run` folder
+    .venv/bin/python figures/make_figures.py runs/matrix --out figures/matrix      # a `polineurons matrix` folder
+    .venv/bin/python figures/make_figures.py runs/mitigate --out figures/mitigate  # a `polineurons mitigate` folder
 
 Static export uses kaleido, which drives a Chrome-family browser: Debian's chromium
-(`bash scripts/setup.sh --browser`), never a downloaded one. Only what the run's finished stages
-allow is drawn (stance, generalization, neuron_layers, patching, inhibitft).
+(`bash scripts/setup.sh --browser`), never a downloaded one. Only what a run's finished stages allow
+is drawn (stance, generalization, neuron_layers, patching, mitigation).
 """
 
 from __future__ import annotations
@@ -16,15 +18,15 @@ from pathlib import Path
 
 from polineurons.artifacts import load_run
 from polineurons.config import RunError
-from polineurons.io import atomic_path
-from polineurons.viz import run_figures
+from polineurons.io import atomic_path, read_json
+from polineurons.viz import matrix_heatmaps, mitigation_tradeoff, run_figures
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="a `polineurons run` folder")
+    parser.add_argument("run_dir", type=Path, help="a `polineurons run`, `matrix` or `mitigate` folder")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/figures)")
     parser.add_argument(
         "--formats", default="png,svg", help="static formats, comma-separated (png, svg, pdf); empty for HTML only"
@@ -34,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=520)
     args = parser.parse_args(argv)
     try:
-        figures = run_figures(load_run(args.run_dir))
+        if (args.run_dir / "matrix.json").is_file():
+            figures = {"matrix": matrix_heatmaps(read_json(args.run_dir / "matrix.json"))}
+        elif (args.run_dir / "mitigation.json").is_file():
+            figures = {"mitigation": mitigation_tradeoff(read_json(args.run_dir / "mitigation.json"))}
+        else:
+            figures = run_figures(load_run(args.run_dir))
     except RunError as error:
         print(error, file=sys.stderr)
         return 2

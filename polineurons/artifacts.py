@@ -6,12 +6,14 @@ Layout (every file written atomically)::
     results.json                 headline numbers (:func:`collect_results`), rewritten after each stage
     report.html                  one offline page
     stages/{stage}.json          marker of a finished stage: its inputs, seconds, versions
-    base_stance/stance.json      StanceResult of the base model
-    finetune/model/              the fine-tuned model (+ training_log.json)
-    generalization/generalization.json   shifts, CTG, and the fine-tuned StanceResult
+    stages/{stage}.started.json  a stage in progress (its inputs): an interrupted stage resumes
+    base_stance/stance.json      StanceResult of the base model (check-{name}.json: on check data)
+    finetune/seed{S}.json        one fine-tune per training seed: training log and StanceResults
+    finetune/model/              the first seed's fine-tuned model (+ training_log.json)
+    generalization/generalization.json   shifts per seed and pooled headline numbers (+ check data)
     localize/                    PNLAC result (NeuronSets, scores, summary.json) + examples.*
     patch/recovery.json          set patching: recovery per set and topic
-    inhibitft/                   InhibitFT runs and summary.json
+    mitigate/                    mitigation runs (trials/), base.json and mitigation.json
     figures/                     standalone HTML figures
 """
 
@@ -23,7 +25,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from polineurons.config import RunError
-from polineurons.generalization import Generalization
+from polineurons.generalization import Generalization, Headline, SeedHeadlines
 from polineurons.io import read_json
 from polineurons.patching import Recovery, recovery_from_dict
 from polineurons.stance import StanceResult
@@ -49,12 +51,18 @@ class RunLayout:
     examples = property(lambda self: self.root / "localize" / "examples.json")
     example_activations = property(lambda self: self.root / "localize" / "examples.safetensors")
     patch = property(lambda self: self.root / "patch" / "recovery.json")
-    inhibitft = property(lambda self: self.root / "inhibitft")
-    inhibitft_summary = property(lambda self: self.root / "inhibitft" / "summary.json")
+    mitigate = property(lambda self: self.root / "mitigate")
+    mitigation = property(lambda self: self.root / "mitigate" / "mitigation.json")
     figures = property(lambda self: self.root / "figures")
 
-    def stage_marker(self, stage: str) -> Path:
-        return self.root / "stages" / f"{stage}.json"
+    def check_base_stance(self, name: str) -> Path:
+        return self.root / "base_stance" / f"check-{name}.json"
+
+    def seed_run(self, seed: int) -> Path:
+        return self.root / "finetune" / f"seed{seed}.json"
+
+    def stage_marker(self, stage: str, *, started: bool = False) -> Path:
+        return self.root / "stages" / f"{stage}{'.started' if started else ''}.json"
 
     def stage_outputs(self, stage: str) -> list[Path]:
         """What a stage writes (deleted before it is recomputed)."""
@@ -70,13 +78,15 @@ class RunArtifacts:
     config: dict
     stages: dict[str, dict]
     base_stance: StanceResult | None = None
-    finetuned_stance: StanceResult | None = None
-    generalization: Generalization | None = None
-    training_log: dict | None = None
+    finetuned_stance: StanceResult | None = None  # the first seed's
+    generalization: Generalization | None = None  # the first seed's
+    headlines: SeedHeadlines | None = None  # per seed and pooled
+    checks: dict[str, tuple[Generalization, SeedHeadlines]] | None = None  # the same on each check data set
+    training: list[dict] | None = None  # training log of each seed
     localize: dict | None = None  # localize/summary.json
     patch: dict | None = None  # patch/recovery.json: target, set_sizes
     recovery: dict[str, dict[str, Recovery]] | None = None
-    inhibitft: dict | None = None  # inhibitft/summary.json
+    mitigation: dict | None = None  # mitigate/mitigation.json
     examples: dict | None = None  # {"neurons", "prompts", "activations": {"base/0": Tensor[tokens, neurons], ...}}
 
     @property
@@ -89,7 +99,7 @@ def load_run(out_dir: str | Path) -> RunArtifacts:
     layout = RunLayout(Path(out_dir))
     if not layout.config.is_file():
         raise RunError(f"{layout.root} is not a polineurons run folder (config.json missing).")
-    stages = {p.stem: read_json(p) for p in sorted((layout.root / "stages").glob("*.json"))}
+    stages = {p.stem: read_json(p) for p in sorted((layout.root / "stages").glob("*.json")) if "." not in p.stem}
 
     def read(stage: str, path: Path) -> dict | None:
         return read_json(path) if stage in stages and path.is_file() else None
@@ -97,17 +107,32 @@ def load_run(out_dir: str | Path) -> RunArtifacts:
     run = RunArtifacts(layout, read_json(layout.config)["config"], stages)
     if base := read("base_stance", layout.base_stance):
         run.base_stance = StanceResult.from_dict(base)
+    if "finetune" in stages:
+        run.training = [read_json(path)["training"] for path in sorted((layout.root / "finetune").glob("seed*.json"))]
     if generalization := read("generalization", layout.generalization):
         run.generalization = Generalization.from_dict(generalization)
         run.finetuned_stance = StanceResult.from_dict(generalization["finetuned_stance"])
-    run.training_log = read("finetune", layout.training_log)
+        run.headlines = SeedHeadlines.from_dict(generalization["headlines"])
+        run.checks = {
+            name: (Generalization.from_dict(check), SeedHeadlines.from_dict(check["headlines"]))
+            for name, check in generalization["checks"].items()
+        }
     run.localize = read("localize", layout.localize / "summary.json")
     if patch := read("patch", layout.patch):
         run.patch, run.recovery = patch, recovery_from_dict(patch["recovery"])
-    run.inhibitft = read("inhibitft", layout.inhibitft_summary)
+    run.mitigation = read("mitigate", layout.mitigation)
     if examples := read("localize", layout.examples):
         run.examples = {**examples, "activations": load_file(str(layout.example_activations))}
     return run
+
+
+def headline_fields(headline: Headline) -> dict:
+    """``target_shift``, ``ctg``, ``ctg_ratio`` and each one's ``_ci_low`` / ``_ci_high`` (flat)."""
+    fields = {}
+    for key in ("target_shift", "ctg", "ctg_ratio"):
+        estimate = getattr(headline, key)
+        fields.update({key: estimate.value, f"{key}_ci_low": estimate.ci_low, f"{key}_ci_high": estimate.ci_high})
+    return fields
 
 
 def _topic_scores(stance: StanceResult) -> dict:
@@ -115,39 +140,45 @@ def _topic_scores(stance: StanceResult) -> dict:
 
 
 def collect_results(run: RunArtifacts) -> dict:
-    """The headline numbers of a run (what ``results.json`` holds)."""
+    """The headline numbers of a run (what ``results.json`` holds). Target shift, CTG and CTG ratio
+    are signed toward the trained leaning and pooled over the training seeds (per seed in
+    ``per_seed``); ``shifts`` are the first seed's per-topic shifts (positive = right)."""
     config = run.config
     results: dict = {
-        "model": config["model"],
-        "data": config["data"],
-        "target": config["target"],
-        "leaning": config["leaning"],
-        "preset": config["preset"],
-        "seed": config["finetune"]["seed"],
-        "stage_seconds": {s: round(r["seconds"], 1) for s, r in run.stages.items()},
+        key: config[key] for key in ("model", "data", "target", "leaning", "preset", "seeds", "check_data")
     }
+    results["stage_seconds"] = {s: round(r["seconds"], 1) for s, r in run.stages.items()}
     if run.base_stance:
         results["base_stance"] = _topic_scores(run.base_stance)
-    if run.training_log:
-        log = run.training_log
-        results["finetune"] = {
-            "steps": log["n_steps"],
-            "first_loss": log["losses"][0],
-            "last_loss": log["losses"][-1],
-            "seconds": round(log["seconds_total"], 1),
-        }
+    if run.training:
+        results["finetune"] = [
+            {
+                "seed": log["config"]["seed"],
+                "steps": log["n_steps"],
+                "first_loss": log["losses"][0],
+                "last_loss": log["losses"][-1],
+                "seconds": round(log["seconds_total"], 1),
+            }
+            for log in run.training
+        ]
     if run.generalization:
-        g = run.generalization
+        g, headlines = run.generalization, run.headlines
         results["finetuned_stance"] = _topic_scores(run.finetuned_stance)
         results["shifts"] = {
             t: {"shift": s.shift, "ci_low": s.ci_low, "ci_high": s.ci_high} for t, s in g.shifts.items()
         }
-        results.update(target_shift=g.target_shift, ctg=g.ctg, ctg_ratio=g.ctg_ratio)
+        results.update(headline_fields(headlines.pooled))
+        results["per_seed"] = [
+            {"seed": seed, **headline_fields(h)} for seed, h in zip(headlines.seeds, headlines.per_seed, strict=True)
+        ]
+        results["seed_sd"] = headlines.seed_sd
+        results["checks"] = {name: headline_fields(h.pooled) for name, (_, h) in run.checks.items()}
     if run.localize:
         summary = run.localize["summary"]
+        general = summary["general"]
         results["general_neurons"] = {
-            "count": summary["general"]["count"],
-            "fraction": summary["general"]["fraction"],
+            "count": general["count"],
+            "fraction": general["fraction"],
             "n_neurons": summary["n_neurons"],
         }
         results["specific_neurons"] = {t: row["count"] for t, row in summary["specific"].items()}
@@ -164,19 +195,9 @@ def collect_results(run: RunArtifacts) -> dict:
             "full_shift": run.recovery["general"][target].full_shift,
             "n_items": run.recovery["general"][target].n,
         }
-    if run.inhibitft:
-        results["inhibitft"] = {
-            name: {
-                "n_neurons": row["n_neurons"],
-                "percent": row["percent"],
-                "mode": row["mode"],
-                "control": row["control"],
-                "target_kept": row["target_kept"],
-                "ctg_reduction": row["ctg_reduction"],
-                "ctg_ratio": row["ctg_ratio"]["value"],
-            }
-            for name, row in run.inhibitft["comparisons"].items()
-        }
+    if run.mitigation:
+        m = run.mitigation
+        results["mitigation"] = {"vanilla": m["vanilla"]["pooled"], "pooled": m["pooled"], "league": m["league"]}
     return results
 
 
@@ -186,7 +207,19 @@ def results_text(results: dict) -> str:
     def fmt(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
+    def headline(row: dict) -> str:
+        return (
+            f"target shift {row['target_shift']:+.3f}   CTG {row['ctg']:+.3f} "
+            f"[{row['ctg_ci_low']:+.3f}, {row['ctg_ci_high']:+.3f}]   CTG ratio {row['ctg_ratio']:+.2f}"
+        )
+
     lines = []
+    if "ctg" in results:
+        lines.append(f"toward {results['leaning']}, pooled over {results['seeds']} seed(s): {headline(results)}")
+        lines += (
+            [f"  seed {row['seed']}: {headline(row)}" for row in results["per_seed"]] if results["seeds"] > 1 else []
+        )
+        lines += [f"  on {name}: {headline(row)}" for name, row in results["checks"].items()]
     if general := results.get("general_neurons"):
         lines.append(f"general neurons {general['count']} of {general['n_neurons']} ({general['fraction']:.1%})")
     if patch := results.get("patching_recovery_on_target"):
@@ -194,10 +227,16 @@ def results_text(results: dict) -> str:
             f"patching recovery on target: general {fmt(patch['general'])}, "
             f"random {fmt(patch['random_mean'])}, all {fmt(patch['all'])}"
         )
-    for name, row in results.get("inhibitft", {}).items():
-        lines.append(
-            f"InhibitFT {name:<26} target kept {row['target_kept']['value']:+.2f}   "
-            f"CTG reduction {row['ctg_reduction']['value']:+.2f}"
-        )
+    for method, rows in results.get("mitigation", {}).get("pooled", {}).items():
+        for row in rows:
+            control = row.get("control")
+            versus = (
+                f"   (control: kept {control['target_kept']:.2f}, ratio {control['ctg_ratio']:+.2f})" if control else ""
+            )
+            lines.append(
+                f"mitigation {method} strength {row['strength']:g}: target kept {row['target_kept']:.2f} "
+                f"[{row['target_kept_ci_low']:.2f}, {row['target_kept_ci_high']:.2f}], "
+                f"CTG ratio {row['ctg_ratio']:+.2f}{versus}"
+            )
     lines.append(f"stage time {sum(results['stage_seconds'].values()):.0f} s in all")
     return "\n".join(lines)

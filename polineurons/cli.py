@@ -1,8 +1,6 @@
 """`polineurons` command line: measure, localize and mitigate political-stance cross-topic generalization.
 
-Each command is a dataclass whose fields are its options. tyro builds the parser from them and from
-the stage config dataclasses they nest, so a setting's default, choices and help text live once, in
-the library's config; the commands only load inputs, call the library and print.
+Each command is a dataclass of its options; tyro builds the parser from it and from the stage configs it nests.
 """
 
 from __future__ import annotations
@@ -16,27 +14,27 @@ import tyro
 
 from polineurons.artifacts import load_run, results_text
 from polineurons.config import RunConfig
-from polineurons.data import DataError, load_data
+from polineurons.data import load_data
 from polineurons.errors import UserError
 from polineurons.experiment import STAGES, run_pipeline
 from polineurons.finetune import FinetuneConfig, finetune, training_pairs
 from polineurons.generalization import measure_generalization
-from polineurons.inhibitft import InhibitConfig, comparison_text, plan_variants, run_inhibitft
 from polineurons.io import write_json
+from polineurons.matrix import MatrixConfig, matrix_text, run_matrix
+from polineurons.mitigate import MitigateConfig, league_text, run_mitigation
 from polineurons.models import EMBEDDED_MODEL, generate_answer, load_model, model_summary
-from polineurons.neurons import NeuronSet
 from polineurons.patching import PatchConfig, patch_experiment, recovery_text
 from polineurons.pnlac import Localization, LocalizeConfig, localize
-from polineurons.report import write_report
-from polineurons.stance import StanceConfig, measure_stance, score_statements, summarize, topic_table
+from polineurons.report import write_matrix_report, write_report
+from polineurons.screen import ScreenConfig, screen
+from polineurons.stance import StanceConfig, measure_stance, measure_statements, topic_table
+from polineurons.trial import TrialSpec
 
 Flat = tyro.conf.arg(name="")  # a nested config's options without a prefix: --top-k, not --config.top-k
-Model = Annotated[
-    str, tyro.conf.arg(aliases=("-m",), help="embedded (default), tiny-llama, tiny-gemma3, a folder or hub id.")
-]
+Model = Annotated[str, tyro.conf.arg(aliases=("-m",), help="embedded, tiny-llama, tiny-gemma3, a folder, a hub id.")]
 Base = Annotated[str, tyro.conf.arg(help="Base model (default: the embedded model).")]
 Device = Annotated[str | None, tyro.conf.arg(help="cpu, cuda, ... (default: cuda if available).")]
-Data = Annotated[str, tyro.conf.arg(help="'bundled', a JSONL file or folder, an IDEOINST-style folder, or hf:NAME.")]
+Data = Annotated[str, tyro.conf.arg(help="voices, arguments, crosscheck, briefs, a JSONL file or folder, hf:NAME.")]
 Target = Annotated[str, tyro.conf.arg(help="The fine-tuning topic.")]
 JsonOut = Annotated[Path | None, tyro.conf.arg(help="Write the results as JSON here.")]
 Leaning = Literal["left", "right"]
@@ -44,8 +42,7 @@ Leaning = Literal["left", "right"]
 
 def _dataset(data: str, target: str | None = None):
     dataset = load_data(data)
-    if target is not None and target not in dataset.topics:
-        raise DataError(f"Unknown target topic '{target}'; topics in {dataset.source}: {', '.join(dataset.topics)}.")
+    dataset.select(topics=[target] if target else None)  # an unknown target fails here, before any work
     return dataset
 
 
@@ -57,14 +54,12 @@ def _write(out: Path | None, report: dict) -> None:
 
 @dataclass(kw_only=True)
 class _OnData:
-    data: Data = "bundled"
+    data: Data = "voices"
     device: Device = None
 
 
 @dataclass(kw_only=True)
-class _OnPair(_OnData):
-    """A command that compares a fine-tuned model with its base."""
-
+class _OnPair(_OnData):  # compares a fine-tuned model with its base
     finetuned: Path
     base: Base = EMBEDDED_MODEL
 
@@ -74,31 +69,19 @@ class _OnPair(_OnData):
 
 @dataclass
 class Info:
-    """Load a model and print its shape, tokenizer set-up and where it is cached."""
+    """Load a model and print its shape, tokenizer set-up and cache folder (and its answer to --ask)."""
 
     model: Model = EMBEDDED_MODEL
+    ask: str | None = None
+    """Also print the model's greedy answer to this question, in its chat format."""
     device: Device = None
 
     def __call__(self) -> None:
-        rows = model_summary(load_model(self.model, device=self.device))
+        bridge = load_model(self.model, device=self.device)
+        rows = model_summary(bridge)
         print("\n".join(f"{key:<{max(map(len, rows))}}  {value}" for key, value in rows.items()))
-
-
-@dataclass
-class Generate:
-    """Greedy answer of a model to one question, formatted with its chat template."""
-
-    question: tyro.conf.Positional[str]
-    model: Model = EMBEDDED_MODEL
-    max_new_tokens: int = 64
-    device: Device = None
-
-    def __call__(self) -> None:
-        print(
-            generate_answer(
-                load_model(self.model, device=self.device), self.question, max_new_tokens=self.max_new_tokens
-            )
-        )
+        if self.ask:
+            print(generate_answer(bridge, self.ask))
 
 
 @dataclass(kw_only=True)
@@ -106,8 +89,7 @@ class Stance(_OnData):
     """Score a model's stance per topic (positive = leans right) with bootstrap 95% CIs."""
 
     model: Model = EMBEDDED_MODEL
-    topics: tuple[str, ...] = ()
-    """Topics to score (default: all)."""
+    topics: tuple[str, ...] = ()  # default: all
     split: Literal["train", "eval", "all"] = "eval"
     statements: bool = False
     """Also score the statement items."""
@@ -121,10 +103,8 @@ class Stance(_OnData):
         result = measure_stance(bridge, selected, self.config, split=None)
         report = {"model": bridge.cfg.model_name, "data": dataset.source, "split": self.split, **result.to_dict()}
         print(topic_table("stance items (score = mean log-prob right answer - left answer)", result.topics))
-        if self.statements and not selected.statements:
-            print(f"{dataset.source} has no statement items.", file=sys.stderr)
-        elif self.statements:
-            topics = summarize(score_statements(bridge, selected.statements, batch_size=self.config.batch_size))
+        if self.statements:
+            topics = measure_statements(bridge, selected, batch_size=self.config.batch_size)
             report["statements"] = {t: {k: v for k, v in vars(s).items() if k != "topic"} for t, s in topics.items()}
             print(topic_table("statements (score = log-prob of the right-leaning reply - the other)", topics))
         _write(self.out, report)
@@ -134,10 +114,8 @@ class Stance(_OnData):
 class Finetune(_OnData):
     """Fine-tune a model toward a leaning on one topic; save it where `load_model(out)` reloads it."""
 
-    topic: str
-    """Topic to fine-tune on (its train split)."""
-    out: Path
-    """Folder for the fine-tuned model and training_log.json."""
+    topic: Target
+    out: Annotated[Path, tyro.conf.arg(help="Folder for the fine-tuned model and training_log.json.")]
     leaning: Leaning = "right"
     model: Model = EMBEDDED_MODEL
     config: Annotated[FinetuneConfig, Flat] = FinetuneConfig()
@@ -146,13 +124,8 @@ class Finetune(_OnData):
         dataset = _dataset(self.data)
         pairs = training_pairs(dataset, self.topic, self.leaning)
         bridge = load_model(self.model, device=self.device)
-        meta = {
-            "base_model": bridge.cfg.model_name,
-            "data": dataset.source,
-            "topic": self.topic,
-            "leaning": self.leaning,
-        }
-        print(f"{finetune(bridge, pairs, self.config, out_dir=self.out, meta=meta).summary()}. Saved to {self.out}")
+        meta = {"base_model": bridge.cfg.model_name, "data": dataset.source, "leaning": self.leaning}
+        print(f"{finetune(bridge, pairs, self.config, out_dir=self.out, meta=meta | {'topic': self.topic}).summary()}")
 
 
 @dataclass(kw_only=True)
@@ -160,12 +133,14 @@ class Generalization(_OnPair):
     """Stance shift per topic (fine-tuned minus base) with CIs, target shift, CTG and CTG ratio."""
 
     target: Target
+    leaning: Leaning = "right"
     config: Annotated[StanceConfig, Flat] = StanceConfig()
     out: JsonOut = None
 
     def __call__(self) -> None:
         dataset = _dataset(self.data, self.target)
-        result, before, after = measure_generalization(*self.models(), dataset, self.target, self.config)
+        options = {"leaning": self.leaning}
+        result, before, after = measure_generalization(*self.models(), dataset, self.target, self.config, **options)
         print(result.table())
         report = {"base": self.base, "finetuned": str(self.finetuned), "data": dataset.source, **result.to_dict()}
         _write(self.out, {**report, "base_stance": before.to_dict(), "finetuned_stance": after.to_dict()})
@@ -204,39 +179,65 @@ class Patch(_OnPair):
 
 
 @dataclass(kw_only=True)
-class Inhibitft(_OnData):
-    """InhibitFT vs vanilla fine-tuning (and a random control): target shift kept and CTG reduction."""
+class Mitigate(_OnData):
+    """Fine-tune with each mitigation and its matched random control; compare with vanilla (resumable)."""
 
     target: Target
-    neurons: Path
-    """A `polineurons localize` folder, or one NeuronSet file to inhibit as is."""
-    out: Path
-    """Folder for per-run results and summary.json (reruns resume)."""
+    out: Annotated[Path, tyro.conf.arg(help="Folder: trials/ and mitigation.json (a finished run is never retrained).")]
+    neurons: Path | None = None
+    """A `polineurons localize` folder: the general neurons of the neuron methods."""
     base: Base = EMBEDDED_MODEL
     leaning: Leaning = "right"
-    config: Annotated[InhibitConfig, Flat] = InhibitConfig()
+    config: Annotated[MitigateConfig, Flat] = MitigateConfig()
     seeds: tuple[int, ...] = (0,)
-    """Training seeds (one vanilla run per seed)."""
     finetune: FinetuneConfig = FinetuneConfig()
     stance: StanceConfig = StanceConfig()
 
     def __call__(self) -> None:
-        if (self.neurons / "summary.json").is_file():
-            ranked = Localization.load(self.neurons).top_general
-        else:
-            ranked = (lambda fixed: lambda _percent: fixed)(NeuronSet.load(self.neurons))
         dataset = _dataset(self.data, self.target)
+        located = Localization.load(self.neurons) if self.neurons else None
+        spec = TrialSpec(dataset, self.target, self.leaning, self.finetune, self.stance)
         load = lambda: load_model(self.base, device=self.device)  # noqa: E731
-        load()  # fail early on a bad model name
-        variants = plan_variants(ranked, self.config, seeds=self.seeds)
-        options = {"leaning": self.leaning, "config": self.finetune, "stance": self.stance}
-        summary = run_inhibitft(load, dataset, self.target, variants, self.out, **options)
-        print(f"{comparison_text(summary)}\nwrote {self.out / 'summary.json'}")
+        result = run_mitigation(spec, load, self.config, self.out, seeds=self.seeds, located=located, echo=print)
+        print(f"{league_text(result)}\nwrote {self.out / 'mitigation.json'}")
+
+
+@dataclass(kw_only=True)
+class Screen(_OnData):
+    """Predict spill-over before training, from the base model alone: answer directions and word markers."""
+
+    target: Target
+    model: Model = EMBEDDED_MODEL
+    eval_data: str | None = None
+    """Data whose eval answers the training push is compared with (default: --data)."""
+    config: Annotated[ScreenConfig, Flat] = ScreenConfig()
+    out: JsonOut = None
+
+    def __call__(self) -> None:
+        dataset, other = _dataset(self.data, self.target), load_data(self.eval_data) if self.eval_data else None
+        result = screen(load_model(self.model, device=self.device), dataset, self.target, self.config, eval_data=other)
+        print(result.table())
+        _write(self.out, result.to_dict())
+
+
+@dataclass
+class Matrix:
+    """Fine-tune toward each leaning on each topic and score every topic: the cross-topic matrix (resumable)."""
+
+    out: Path
+    """Folder: one trial per cell, matrix.json and report.html."""
+    config: Annotated[RunConfig, Flat]
+    matrix: Annotated[MatrixConfig, Flat] = MatrixConfig()
+    device: Device = None
+
+    def __call__(self) -> None:
+        result = run_matrix(self.config, self.matrix, self.out, device=self.device)
+        print(f"{matrix_text(result)}\nreport {write_matrix_report(result, self.out / 'report.html')}")
 
 
 @dataclass
 class Run:
-    """Every stage, resumable: base stance, fine-tune, generalization, localize, patch, InhibitFT, figures, report."""
+    """Every stage, resumable: base stance, fine-tune, generalization, localize, patch, mitigate, figures, report."""
 
     out: Path
     """Run folder: every stage's artifacts, results.json and report.html."""
@@ -267,21 +268,19 @@ class Report:
         print(f"wrote {write_report(load_run(self.run_dir), self.run_dir / 'report.html')}")
 
 
-COMMANDS = (Info, Generate, Stance, Finetune, Generalization, Localize, Patch, Inhibitft, Run, Report)
-
-
-def _preset(argv: list[str]) -> RunConfig:
-    """The preset named by ``--preset``: the defaults that ``run``'s other options override."""
-    name = next((v for k, v in zip(argv, argv[1:], strict=False) if k == "--preset"), "quick")
-    name = next((a.split("=", 1)[1] for a in argv if a.startswith("--preset=")), name)
-    return RunConfig.from_preset(name)
+COMMANDS = (Info, Stance, Finetune, Generalization, Localize, Patch, Screen, Mitigate, Run, Matrix, Report)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``polineurons`` command: user errors print their message and exit 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        defaults = {Run: Run(out=tyro.MISSING, config=_preset(argv))}
+        # the preset named by --preset gives the defaults that run's and matrix's other options override
+        named = [v for k, v in zip(argv, argv[1:], strict=False) if k == "--preset"]
+        preset = RunConfig.from_preset(
+            ([a.split("=", 1)[1] for a in argv if a.startswith("--preset=")] + named + ["quick"])[0]
+        )
+        defaults = {Run: Run(out=tyro.MISSING, config=preset), Matrix: Matrix(out=tyro.MISSING, config=preset)}
         choices = [Annotated[c, tyro.conf.subcommand(c.__name__.lower(), default=defaults.get(c))] for c in COMMANDS]
         try:
             options = Union[tuple(choices)]  # noqa: UP007 (a Union built at run time)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from polineurons.errors import UserError
 from polineurons.finetune import FinetuneConfig
-from polineurons.inhibitft import InhibitConfig
+from polineurons.mitigate import MitigateConfig
 from polineurons.models import EMBEDDED_MODEL
 from polineurons.patching import PatchConfig
 from polineurons.pnlac import LocalizeConfig
@@ -46,27 +46,42 @@ class RunConfig:
 
     model: str = EMBEDDED_MODEL
     """Model: smollm2-135m-instruct (embedded, offline), tiny-llama, tiny-gemma3, a folder or a hub id."""
-    data: str = "bundled"
-    """'bundled', a JSONL file or folder, an IDEOINST-style folder, or hf:NAME."""
+    data: str = "voices"
+    """Training and eval data: voices (v2), arguments (v1), a JSONL file or folder, an IDEOINST folder, hf:NAME."""
     target: str = "immigration"
     """Topic to fine-tune on."""
     leaning: Literal["left", "right"] = "right"
     """Leaning of the fine-tuning answers."""
     preset: Preset = "quick"
     """quick (minutes on a CPU), full (sized for a GPU) or smoke (seconds, tiny models)."""
-    stance: StanceConfig = StanceConfig(max_items=16)
-    finetune: FinetuneConfig = FinetuneConfig(epochs=2)
+    seeds: int = 1
+    """Fine-tunes with training seeds finetune.seed, +1, ...; headline numbers are pooled over them."""
+    check_data: tuple[str, ...] = ("crosscheck",)
+    """Independent data sets scored before and after fine-tuning too (never trained on)."""
+    # quick: 16 eval items per topic (a CTG of 0.05 stays above its CI) and the first 48 tokens of
+    # each answer; 16 fine-tuning steps (128 of the 216 training items)
+    stance: StanceConfig = StanceConfig(max_items=16, max_answer_tokens=48)
+    check: StanceConfig = StanceConfig(max_items=16, max_answer_tokens=48)
+    finetune: FinetuneConfig = FinetuneConfig(epochs=1, max_steps=16)
     localize: LocalizeConfig = LocalizeConfig(max_items=16)
     examples: ExamplesConfig = field(default_factory=ExamplesConfig)
-    # fewer than 8 items per topic give recovery ratios dominated by noise
-    patch: PatchConfig = PatchConfig(max_items=8, max_answer_tokens=32, random_seeds=2, specific="target")
-    inhibit: InhibitConfig = field(default_factory=InhibitConfig)
+    # 6 items per topic: recovery ratios are noisy (4 were dominated by noise), the full preset has them all
+    patch: PatchConfig = PatchConfig(max_items=6, max_answer_tokens=32, random_seeds=1, specific="target")
+    mitigate: MitigateConfig = MitigateConfig(methods=("caft",))
 
     def __post_init__(self) -> None:
         if self.leaning not in ("left", "right"):
             raise ValueError(f"Unknown leaning '{self.leaning}': use left or right.")
         if self.preset not in PRESETS:
             raise RunError(f"Unknown preset '{self.preset}': use {', '.join(PRESETS)}.")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}.")
+        if self.data in self.check_data:
+            raise ValueError(f"check_data must be other data than the training data '{self.data}'.")
+
+    @property
+    def training_seeds(self) -> list[int]:
+        return [self.finetune.seed + i for i in range(self.seeds)]
 
     @classmethod
     def from_preset(cls, name: str = "quick", **overrides: Any) -> RunConfig:
@@ -82,21 +97,28 @@ class RunConfig:
         if name == "full":
             config = replace(
                 config,
+                seeds=3,
                 stance=StanceConfig(),
+                check=StanceConfig(),
                 finetune=FinetuneConfig(epochs=3),
                 localize=LocalizeConfig(),
                 examples=ExamplesConfig(prompts=3),
                 patch=PatchConfig(),
-                inhibit=InhibitConfig(percents=(1.0, 2.0, 5.0, 10.0, 20.0)),
+                mitigate=MitigateConfig(
+                    methods=("inhibit-zero", "inhibit-freeze", "stopgrad", "caft", "caft-grad", "steer", "kl"),
+                    strengths=(0.25, 0.5, 1.0, 2.0),
+                ),
             )
         elif name == "smoke":
             config = replace(
                 config,
                 stance=StanceConfig(max_items=2),
+                check=StanceConfig(max_items=2),
                 finetune=FinetuneConfig(epochs=1, max_steps=2, batch_size=4, max_seq_len=320, learning_rate=1e-3),
                 localize=LocalizeConfig(max_items=2),
                 examples=ExamplesConfig(prompts=1, neurons=4),
                 patch=replace(config.patch, max_items=2, max_answer_tokens=8, random_seeds=1),
+                mitigate=MitigateConfig(methods=("inhibit-zero", "caft"), items=2),
             )
         return config.with_overrides(overrides)
 

@@ -2,20 +2,23 @@
 
 Stages, in order (each reads only what the ones before it wrote)::
 
-    base_stance     base model's stance on every topic's eval items
-    finetune        fine-tune a copy of the base toward a leaning on the target topic (train split)
-    generalization  the fine-tuned model's stance, shifts, target shift and CTG
+    base_stance     base model's stance on every topic's eval items (and on each check data set)
+    finetune        per training seed: fine-tune a copy of the base toward a leaning on the target
+                    topic (train split) and score it like the base; the first seed's model is kept
+    generalization  shifts, target shift, CTG and CTG ratio per seed and pooled over seeds
     localize        PNLAC: general and topic-specific neurons; activations of the top general
                     neurons on example prompts (for the report's neuron view)
     patch           patch neuron sets (general, specific, layer-matched random, all) into the base
-    inhibitft       InhibitFT vs vanilla (the finetune stage's model is the vanilla run)
+    mitigate        fine-tune with each mitigation and its random control; compare with vanilla
+                    (the finetune stage's models are the vanilla runs)
     figures         standalone HTML figures
     report          DIR/report.html, one offline page
 
 A stage is finished when its marker ``stages/{stage}.json`` exists; the marker records the settings
 of the config sections the stage reads (its own and its upstream stages'). A rerun skips finished
-stages, refuses a changed configuration unless the stage is forced, and ``force`` recomputes a
-stage and everything downstream of it.
+stages, refuses a changed configuration unless the stage is forced, and ``force`` recomputes a stage
+and everything downstream of it. An interrupted stage resumes: restarted with the same settings, it
+keeps its finished units (each fine-tune with its scores is written at once).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,16 +37,16 @@ from polineurons.artifacts import RunLayout, collect_results, load_run
 from polineurons.config import RunConfig, RunError
 from polineurons.data import encode_prompt, load_data
 from polineurons.data.items import DataError, StanceDataset
-from polineurons.finetune import finetune, training_pairs
-from polineurons.generalization import compare
+from polineurons.generalization import compare, seed_headlines
 from polineurons.hooks import neuron_activations
-from polineurons.inhibitft import plan_variants, run_inhibitft, run_path
 from polineurons.io import atomic_path, read_json, write_json
+from polineurons.mitigate import neutral_logprob, neutral_pairs, run_mitigation
 from polineurons.models import load_model, resolve_model_path
 from polineurons.patching import patch_experiment
 from polineurons.pnlac import Localization, localize
 from polineurons.report import write_report
 from polineurons.stance import StanceResult, measure_stance
+from polineurons.trial import Trial, TrialSpec, run_trial
 from polineurons.versions import library_versions
 from polineurons.viz import run_figures
 
@@ -56,6 +59,7 @@ class RunContext:
     config: RunConfig
     layout: RunLayout
     dataset: StanceDataset
+    checks: dict[str, StanceDataset]
     device: str | None = None
     progress: bool = True
     _base: object | None = None
@@ -73,35 +77,70 @@ class RunContext:
 
     @property
     def tuned(self):
+        """The first seed's fine-tuned model."""
         if self._tuned is None:
-            self._tuned = load_model(str(self.layout.model), device=self.device)
+            self._tuned = load_model(self.layout.model, device=self.device)
         return self._tuned
 
     def stance(self, model) -> StanceResult:
         return measure_stance(model, self.dataset, self.config.stance, progress=self.progress)
+
+    def spec(self) -> TrialSpec:
+        config = self.config
+        return TrialSpec(
+            self.dataset, config.target, config.leaning, config.finetune, config.stance, self.checks, config.check
+        )
+
+    def neutral(self, model) -> dict:
+        """The capability check every fine-tune carries: mean log-prob of neutral text."""
+        return {"neutral_logprob": neutral_logprob(model, neutral_pairs(model.tokenizer))}
+
+    def check_stances(self, model) -> dict[str, StanceResult]:
+        return {
+            name: measure_stance(model, data, self.config.check, progress=self.progress)
+            for name, data in self.checks.items()
+        }
 
 
 # ---- stages ----------------------------------------------------------------------------------------
 
 
 def _stage_base_stance(ctx: RunContext) -> None:
-    write_json(ctx.layout.base_stance, {"model": ctx.config.model, **ctx.stance(ctx.base).to_dict()})
+    stance = {"model": ctx.config.model, **ctx.stance(ctx.base).to_dict(), **ctx.neutral(ctx.base)}
+    write_json(ctx.layout.base_stance, stance)
+    for name, stance in ctx.check_stances(ctx.base).items():
+        write_json(ctx.layout.check_base_stance(name), stance.to_dict())
 
 
 def _stage_finetune(ctx: RunContext) -> None:
-    config = ctx.config
-    model = ctx.load_base()
-    pairs = training_pairs(ctx.dataset, config.target, config.leaning)
-    meta = {"base_model": config.model, "data": ctx.dataset.source, "topic": config.target, "leaning": config.leaning}
-    finetune(model, pairs, config.finetune, out_dir=ctx.layout.model, meta=meta, progress=ctx.progress)
-    ctx._tuned = model  # identical to the saved copy; saves a reload
+    """One trial (fine-tune, then scoring) per training seed; a finished seed is never retrained."""
+    for i, seed in enumerate(ctx.config.training_seeds):
+        model_dir = ctx.layout.model if i == 0 else None  # the first seed's model is kept for localize and patch
+        options = {"seed": seed, "model_dir": model_dir, "measure": ctx.neutral, "progress": ctx.progress}
+        _, model = run_trial(ctx.spec(), ctx.load_base, ctx.layout.seed_run(seed), **options)
+        if i == 0 and model is not None:
+            ctx._tuned = model  # identical to the saved copy; saves a reload
 
 
 def _stage_generalization(ctx: RunContext) -> None:
-    base = StanceResult.from_dict(read_json(ctx.layout.base_stance))
-    after = ctx.stance(ctx.tuned)
-    result = compare(base, after, ctx.config.target)
-    write_json(ctx.layout.generalization, {**result.to_dict(), "finetuned_stance": after.to_dict()})
+    config, layout = ctx.config, ctx.layout
+    options = {"leaning": config.leaning, "seeds": config.training_seeds}
+    trials = [Trial.from_dict(read_json(layout.seed_run(seed))) for seed in config.training_seeds]
+
+    def summarize(base: StanceResult, tuned: list[StanceResult]) -> dict:
+        per_seed = [compare(base, t, config.target, leaning=config.leaning) for t in tuned]
+        headlines = seed_headlines(base, tuned, config.target, **options)
+        return {**per_seed[0].to_dict(), "headlines": headlines.to_dict(), "per_seed": [g.to_dict() for g in per_seed]}
+
+    result = summarize(StanceResult.from_dict(read_json(layout.base_stance)), [t.stance for t in trials])
+    result["finetuned_stance"] = trials[0].stance.to_dict()
+    result["checks"] = {
+        name: summarize(
+            StanceResult.from_dict(read_json(layout.check_base_stance(name))), [t.checks[name] for t in trials]
+        )
+        for name in config.check_data
+    }
+    write_json(layout.generalization, result)
 
 
 def _stage_localize(ctx: RunContext) -> None:
@@ -129,42 +168,24 @@ def _record_examples(ctx: RunContext, located: Localization) -> None:
 
 def _stage_patch(ctx: RunContext) -> None:
     located = Localization.load(ctx.layout.localize)
+    config = ctx.config
     result = patch_experiment(
-        ctx.base, ctx.tuned, ctx.dataset, located, ctx.config.patch, target=ctx.config.target, progress=ctx.progress
+        ctx.base, ctx.tuned, ctx.dataset, located, config.patch, target=config.target, progress=ctx.progress
     )
     write_json(ctx.layout.patch, result)
 
 
-def _stage_inhibitft(ctx: RunContext) -> None:
-    config = ctx.config
-    out = ctx.layout.inhibitft
-    located = Localization.load(ctx.layout.localize)
-    variants = plan_variants(located.top_general, config.inhibit, seeds=[config.finetune.seed])
-    # The finetune stage already trained the vanilla run (same data, seed and schedule): reuse it.
-    vanilla = variants[0]
-    log = read_json(ctx.layout.training_log)
-    tuned_stance = read_json(ctx.layout.generalization)["finetuned_stance"]
-    write_json(out / "base_stance.json", read_json(ctx.layout.base_stance))
-    write_json(
-        run_path(out, vanilla),
-        {
-            "variant": vanilla.describe(),
-            "stance": tuned_stance,
-            "training": {"losses": log["losses"], "seconds": log["seconds_total"], "reused": "finetune stage"},
-        },
-    )
-    ctx._base = ctx._tuned = None  # free memory: each variant loads its own copy
-    run_inhibitft(
-        ctx.load_base,
-        ctx.dataset,
-        config.target,
-        variants,
-        out,
-        leaning=config.leaning,
-        config=config.finetune,
-        stance=config.stance,
-        progress=ctx.progress,
-    )
+def _stage_mitigate(ctx: RunContext) -> None:
+    """The comparison of mitigations; vanilla = the finetune stage's runs, base = the base_stance stage's."""
+    config, layout = ctx.config, ctx.layout
+    base = read_json(layout.base_stance)
+    write_json(layout.mitigate / "base.json", {"stance": base, "neutral_logprob": base["neutral_logprob"]})
+    vanilla = {seed: Trial.from_dict(read_json(layout.seed_run(seed))) for seed in config.training_seeds}
+    located = Localization.load(layout.localize)
+    ctx._base = ctx._tuned = None  # free memory: each run loads its own copy
+    options = {"seeds": config.training_seeds, "located": located, "reuse_vanilla": vanilla, "progress": ctx.progress}
+    spec = replace(ctx.spec(), checks={})  # mitigations are compared on the data's eval split only
+    run_mitigation(spec, ctx.load_base, config.mitigate, layout.mitigate, **options)
 
 
 def _stage_figures(ctx: RunContext) -> None:
@@ -192,14 +213,14 @@ class Stage:
 
 
 PIPELINE: tuple[Stage, ...] = (
-    Stage("base_stance", _stage_base_stance, ("model", "data", "stance")),
-    Stage("finetune", _stage_finetune, ("model", "data", "target", "leaning", "finetune")),
-    Stage("generalization", _stage_generalization, ("stance",), ("base_stance", "finetune")),
+    Stage("base_stance", _stage_base_stance, ("model", "data", "stance", "check_data", "check")),
+    Stage("finetune", _stage_finetune, ("model", "data", "target", "leaning", "seeds", "finetune", "stance", "check")),
+    Stage("generalization", _stage_generalization, (), ("base_stance", "finetune")),
     Stage("localize", _stage_localize, ("localize", "examples"), ("finetune",)),
     Stage("patch", _stage_patch, ("patch",), ("localize",)),
-    Stage("inhibitft", _stage_inhibitft, ("inhibit",), ("base_stance", "generalization", "localize")),
-    Stage("figures", _stage_figures, (), ("generalization", "localize", "patch", "inhibitft")),
-    Stage("report", _stage_report, (), ("generalization", "localize", "patch", "inhibitft")),
+    Stage("mitigate", _stage_mitigate, ("mitigate",), ("base_stance", "finetune", "localize")),
+    Stage("figures", _stage_figures, (), ("generalization", "localize", "patch", "mitigate")),
+    Stage("report", _stage_report, (), ("generalization", "localize", "patch", "mitigate")),
 )
 STAGES: tuple[str, ...] = tuple(stage.name for stage in PIPELINE)
 _BY_NAME = {stage.name: stage for stage in PIPELINE}
@@ -234,10 +255,13 @@ def _check_out_dir(out: Path) -> None:
         raise RunError(f"Cannot write to the run folder {out}: {error}") from error
 
 
-def _validate(config: RunConfig) -> StanceDataset:
+def _validate(config: RunConfig) -> tuple[StanceDataset, dict[str, StanceDataset]]:
+    """Load the data and check the model name, so bad input fails before any work."""
     try:
         dataset = load_data(config.data)
-    except DataError as error:
+        checks = {name: load_data(name) for name in config.check_data}
+        resolve_model_path(config.model)
+    except (DataError, LookupError) as error:
         raise RunError(str(error)) from error
     if config.target not in dataset.topics:
         raise RunError(
@@ -245,16 +269,19 @@ def _validate(config: RunConfig) -> StanceDataset:
         )
     if len(dataset.topics) < 2:
         raise RunError(f"{dataset.source} has one topic; cross-topic generalization needs at least two.")
-    try:
-        resolve_model_path(config.model)  # a missing or misspelled model fails here, before any work
-    except LookupError as error:
-        raise RunError(str(error)) from error
-    return dataset
+    for name, check in checks.items():
+        if config.target not in check.topics or len(check.topics) < 2:
+            raise RunError(
+                f"Check data {name} needs the topic '{config.target}' and another; it has {', '.join(check.topics)}."
+            )
+    return dataset, checks
 
 
 def plan_stages(config: RunConfig, out: Path, force: Sequence[str] = ()) -> dict[str, str]:
-    """``stage -> "skip" | "run"`` for a run in ``out``; raises :class:`RunError` when a finished
-    stage was computed with a different configuration and is not forced."""
+    """``stage -> "skip" | "run" | "resume"`` for a run in ``out``. "resume": an interrupted stage
+    restarted with the same settings (and nothing upstream recomputed) keeps its finished units.
+    Raises :class:`RunError` when a finished stage was computed with a different configuration and
+    is not forced."""
     unknown = [s for s in force if s not in STAGES]
     if unknown:
         raise RunError(f"Unknown stage(s) {unknown} for --force: stages are {', '.join(STAGES)}.")
@@ -263,9 +290,12 @@ def plan_stages(config: RunConfig, out: Path, force: Sequence[str] = ()) -> dict
     plan: dict[str, str] = {}
     changed: list[str] = []
     for stage in PIPELINE:
-        marker = layout.stage_marker(stage.name)
-        if stage.name in forced or not marker.is_file() or any(plan[up] == "run" for up in stage.upstream):
-            plan[stage.name] = "run"
+        marker, started = layout.stage_marker(stage.name), layout.stage_marker(stage.name, started=True)
+        upstream_redone = any(plan[up] != "skip" for up in stage.upstream)
+        if stage.name in forced or not marker.is_file() or upstream_redone:
+            same = started.is_file() and read_json(started)["inputs"] == stage_inputs(config, stage.name)
+            clean = stage.name not in forced and not any(plan[up] == "run" for up in stage.upstream)
+            plan[stage.name] = "resume" if same and clean else "run"
             continue
         stored, current = read_json(marker)["inputs"], stage_inputs(config, stage.name)
         keys = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
@@ -294,34 +324,34 @@ def run_pipeline(
     """Run (or resume) every stage into ``out_dir``; returns ``results.json``'s content."""
     out = Path(out_dir)
     _check_out_dir(out)
-    dataset = _validate(config)
+    dataset, checks = _validate(config)
     plan = plan_stages(config, out, force)
     layout = RunLayout(out)
     write_json(layout.config, {"config": config.to_dict(), "versions": library_versions()})
-    ctx = RunContext(config, layout, dataset, device=device, progress=progress)
+    ctx = RunContext(config, layout, dataset, checks, device=device, progress=progress)
     for stage in PIPELINE:
         if plan[stage.name] == "skip":
             continue
         layout.stage_marker(stage.name).unlink(missing_ok=True)
-        for target in layout.stage_outputs(stage.name):
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-        echo(f"[{stage.name}] running")
+        if plan[stage.name] == "run":
+            for target in layout.stage_outputs(stage.name):
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        inputs = stage_inputs(config, stage.name)
+        write_json(layout.stage_marker(stage.name, started=True), {"inputs": inputs})
+        echo(f"[{stage.name}] {'resuming' if plan[stage.name] == 'resume' else 'running'}")
         began = time.perf_counter()
         stage.run(ctx)
         seconds = time.perf_counter() - began
-        write_json(
-            layout.stage_marker(stage.name),
-            {
-                "stage": stage.name,
-                "inputs": stage_inputs(config, stage.name),
-                "seconds": seconds,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "versions": library_versions(),
-            },
-        )
+        finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        marker = {
+            "stage": stage.name,
+            "inputs": inputs,
+            "seconds": seconds,
+            "finished": finished,
+            "versions": library_versions(),
+        }
+        write_json(layout.stage_marker(stage.name), marker)
+        layout.stage_marker(stage.name, started=True).unlink()
         write_json(layout.results, collect_results(load_run(out)))  # headline numbers so far
         echo(f"[{stage.name}] done in {seconds:.0f} s")
     results = collect_results(load_run(out))

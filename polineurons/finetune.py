@@ -272,6 +272,8 @@ def finetune(
                     for indices in chunk:
                         tokens, mask, labels = _collate(examples, indices, pad_id, model.cfg.device)
                         loss = answer_loss(model(tokens, attention_mask=mask), labels)
+                        if active.extra_loss is not None:
+                            loss = loss + active.extra_loss()
                         if not torch.isfinite(loss):
                             raise TrainingDivergedError(
                                 f"Loss became {loss.item()} at step {step + 1}; nothing was saved. "

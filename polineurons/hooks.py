@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from polineurons.neurons import NeuronSet, mlp_post_hook_name, model_shape, neuron_parameters
+from polineurons.neurons import NeuronSet, mlp_post_hook_name, model_shape, neuron_parameters, resid_post_hook_name
 
 Activations = Float[Tensor, "batch pos neurons"]
 
@@ -76,6 +76,27 @@ def record_neurons(
 
     hooks = [(mlp_post_hook_name(layer), make_hook(layer, idx)) for layer, idx in selection.items()]
     with model.hooks(fwd_hooks=hooks):
+        yield recorded
+
+
+@contextmanager
+def record_residual(model, layers: Iterable[int], *, detach: bool = True) -> Iterator[dict[int, Tensor]]:
+    """Record the residual stream after each of ``layers`` (``[batch, pos, d_model]``) during forwards
+    inside the context; each forward overwrites the previous one's tensors (streaming)."""
+    n_layers, _ = model_shape(model)
+    chosen = sorted({int(layer) for layer in layers})
+    if any(not 0 <= layer < n_layers for layer in chosen):
+        raise ValueError(f"Layers {chosen} out of range: the model has {n_layers} layers.")
+    recorded: dict[int, Tensor] = {}
+
+    def make_hook(layer: int):
+        def hook(activation: Tensor, hook) -> Tensor:
+            recorded[layer] = activation.detach() if detach else activation
+            return activation
+
+        return hook
+
+    with model.hooks(fwd_hooks=[(resid_post_hook_name(layer), make_hook(layer)) for layer in chosen]):
         yield recorded
 
 
@@ -163,9 +184,11 @@ def _no_op() -> None:
 @dataclass(frozen=True)
 class Applied:
     """What an intervention asks of the training loop while it is applied: ``after_step`` runs
-    after every optimizer step (e.g. to restore frozen weights)."""
+    after every optimizer step (e.g. to restore frozen weights); ``extra_loss``, if given, is added to
+    every micro-batch's loss (e.g. a KL penalty to the base model)."""
 
     after_step: Callable[[], None] = _no_op
+    extra_loss: Callable[[], Tensor] | None = None
 
 
 class Intervention(abc.ABC):
@@ -243,3 +266,111 @@ class FreezeNeurons(Intervention):
 
     def describe(self) -> dict:
         return {"kind": "freeze", "n_neurons": len(self.neurons), "layer_counts": self.neurons.layer_counts()}
+
+
+def _neuron_mask(model, neurons: NeuronSet) -> dict[int, Tensor]:
+    """``layer -> [d_mlp]`` 0/1 mask of the set's neurons (float, on the model's device)."""
+    _, d_mlp = model_shape(model)
+    neurons.validate_for(model)
+    masks = {}
+    for layer, index in neurons.by_layer.items():
+        mask = torch.zeros(d_mlp, device=model.cfg.device)
+        mask[index.to(mask.device)] = 1.0
+        masks[layer] = mask
+    return masks
+
+
+@dataclass(frozen=True, eq=False)
+class StopGradNeurons(Intervention):
+    """The forward pass is unchanged, but no gradient flows back through the activations of
+    ``neurons``: training cannot use them to reach the weights upstream of them."""
+
+    neurons: NeuronSet
+
+    @contextmanager
+    def apply(self, model) -> Iterator[Applied]:
+        masks = _neuron_mask(model, self.neurons)
+
+        def make_hook(mask: Tensor):
+            def hook(activation: Tensor, hook) -> Tensor:
+                mask_ = mask.to(activation.dtype)
+                return activation * (1 - mask_) + activation.detach() * mask_  # forward: exactly the activation
+
+            return hook
+
+        with model.hooks(fwd_hooks=[(mlp_post_hook_name(layer), make_hook(m)) for layer, m in masks.items()]):
+            yield Applied()
+
+    def describe(self) -> dict:
+        return {"kind": "stopgrad", "n_neurons": len(self.neurons), "layer_counts": self.neurons.layer_counts()}
+
+
+@dataclass(frozen=True, eq=False)
+class AblateDirections(Intervention):
+    """Project directions out of the residual stream after some layers while training (CAFT):
+    ``h − c·(h·Q)Qᵀ`` with ``Q`` the layer's orthonormal directions (``[d_model, k]``) and ``c`` the
+    coefficient (1 = remove the directions, 0 = nothing). ``gradient_only`` keeps the forward pass and
+    removes only the gradient along ``Q``."""
+
+    directions: Mapping[int, Tensor]
+    coefficient: float = 1.0
+    gradient_only: bool = False
+
+    @contextmanager
+    def apply(self, model) -> Iterator[Applied]:
+        n_layers, _ = model_shape(model)
+        bases = {}
+        for layer, q in self.directions.items():
+            if not 0 <= layer < n_layers or q.ndim != 2 or q.shape[0] != model.cfg.d_model:
+                raise ValueError(f"Directions of layer {layer} must be [d_model, k] for a model of {n_layers} layers.")
+            bases[layer] = q.to(model.cfg.device)
+        c = float(self.coefficient)
+
+        def make_hook(q: Tensor):
+            def hook(resid: Tensor, hook) -> Tensor:
+                q_ = q.to(resid.dtype)
+                ablated = resid - c * (resid @ q_) @ q_.T
+                if not self.gradient_only:
+                    return ablated
+                return resid.detach() + (ablated - ablated.detach())  # forward: exactly resid
+
+            return hook
+
+        with model.hooks(fwd_hooks=[(resid_post_hook_name(layer), make_hook(q)) for layer, q in bases.items()]):
+            yield Applied()
+
+    def describe(self) -> dict:
+        ranks = {str(layer): int(q.shape[1]) for layer, q in self.directions.items()}
+        return {"kind": "ablate", "coefficient": self.coefficient, "gradient_only": self.gradient_only, "ranks": ranks}
+
+
+@dataclass(frozen=True, eq=False)
+class SteerResidual(Intervention):
+    """Add ``coefficient × vector`` to the residual stream after ``layer`` at every position while
+    training (preventative steering): the optimizer need not move the model along the vector itself."""
+
+    layer: int
+    vector: Tensor
+    coefficient: float = 1.0
+
+    @contextmanager
+    def apply(self, model) -> Iterator[Applied]:
+        n_layers, _ = model_shape(model)
+        if not 0 <= self.layer < n_layers or self.vector.shape != (model.cfg.d_model,):
+            raise ValueError(f"Steering needs a layer below {n_layers} and a vector of size d_model.")
+        vector = self.vector.to(model.cfg.device)
+        c = float(self.coefficient)
+
+        def hook(resid: Tensor, hook) -> Tensor:
+            return resid + c * vector.to(resid.dtype)
+
+        with model.hooks(fwd_hooks=[(resid_post_hook_name(self.layer), hook)]):
+            yield Applied()
+
+    def describe(self) -> dict:
+        return {
+            "kind": "steer",
+            "layer": self.layer,
+            "coefficient": self.coefficient,
+            "norm": float(self.vector.norm()),
+        }

@@ -2,7 +2,7 @@
 
 A neuron is one MLP hidden unit ``(layer, index)``; its activation is the input of the MLP's output
 projection, TransformerLens ``blocks.{L}.mlp.hook_post``. Every hook name used in polineurons comes
-from this module.
+from this module (the residual stream's ``blocks.{L}.hook_resid_post`` too).
 """
 
 from __future__ import annotations
@@ -25,6 +25,14 @@ MLP_POST_HOOK = "blocks.{layer}.mlp.hook_post"
 def mlp_post_hook_name(layer: int) -> str:
     """Hook whose tensor is the neuron activations of ``layer``: shape ``[batch, pos, d_mlp]``."""
     return MLP_POST_HOOK.format(layer=layer)
+
+
+RESID_POST_HOOK = "blocks.{layer}.hook_resid_post"
+
+
+def resid_post_hook_name(layer: int) -> str:
+    """Hook whose tensor is the residual stream after block ``layer``: shape ``[batch, pos, d_model]``."""
+    return RESID_POST_HOOK.format(layer=layer)
 
 
 def model_shape(model) -> tuple[int, int]:

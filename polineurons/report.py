@@ -14,9 +14,10 @@ from pathlib import Path
 
 from plotly.offline import get_plotlyjs
 
-from polineurons.artifacts import RunArtifacts, collect_results
+from polineurons.artifacts import RunArtifacts, collect_results, headline_fields
+from polineurons.generalization import Headline
 from polineurons.io import atomic_write_text
-from polineurons.viz import neuron_activations_view, run_figures
+from polineurons.viz import matrix_heatmaps, neuron_activations_view, run_figures
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1150px;
@@ -67,29 +68,81 @@ def _stance_table(run: RunArtifacts) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
-def _inhibit_table(summary: dict) -> str:
-    rows = [
-        "<tr><th>run</th><th>neurons</th><th>target shift kept [95% CI]</th><th>CTG reduction [95% CI]</th>"
-        "<th>CTG ratio</th></tr>"
+def mitigation_tables(mitigation: dict) -> str:
+    """The league (methods by CTG ratio at ≥ 90% of the target kept), then every run pooled over seeds
+    next to its control, with 95% CIs."""
+    vanilla = mitigation["vanilla"]["pooled"]
+    league = [
+        "<tr><th>method</th><th>strength</th><th>target kept</th><th>CTG ratio</th></tr>",
+        f"<tr><td>vanilla</td><td>—</td><td>1.00</td><td>{vanilla['ctg_ratio']:+.2f}</td></tr>",
     ]
-    for name, row in summary["comparisons"].items():
-        kept, reduction = row["target_kept"], row["ctg_reduction"]
-        rows.append(
-            f"<tr><td>{html.escape(name)}</td><td>{row['n_neurons']}</td>"
-            f"<td>{kept['value']:+.2f} <span class='meta'>[{kept['ci_low']:+.2f}, {kept['ci_high']:+.2f}]</span></td>"
-            f"<td>{reduction['value']:+.2f} "
-            f"<span class='meta'>[{reduction['ci_low']:+.2f}, {reduction['ci_high']:+.2f}]</span></td>"
-            f"<td>{row['ctg_ratio']['value']:+.2f}</td></tr>"
+    for row in mitigation["league"]:
+        label = " (interpolated)" if row["interpolated"] else ""
+        league.append(
+            f"<tr><td>{html.escape(row['method'])}</td><td>{row['strength']:.2f}{label}</td>"
+            f"<td>{row['target_kept']:.2f}</td><td>{row['ctg_ratio']:+.2f}</td></tr>"
         )
-    return "<table>" + "".join(rows) + "</table>"
+    never = [m for m, r in mitigation["at_90"].items() if r is None]
+    note = f"<p class='note'>Never kept 90% of the target: {html.escape(', '.join(never))}.</p>" if never else ""
+    runs = [
+        "<tr><th>method</th><th>strength</th><th>target kept</th><th>CTG ratio</th><th>CTG reduction</th>"
+        "<th>control: target kept</th><th>control: CTG ratio</th></tr>"
+    ]
+    for method, rows in mitigation["pooled"].items():
+        for row in rows:
+            control = row.get("control")
+            cells = [
+                _estimate(row, "target_kept", ".2f"),
+                _estimate(row, "ctg_ratio", "+.2f"),
+                _estimate(row, "ctg_reduction", "+.2f"),
+            ]
+            cells += (
+                [_estimate(control, "target_kept", ".2f"), _estimate(control, "ctg_ratio", "+.2f")]
+                if control
+                else ["—", "—"]
+            )
+            runs.append(
+                f"<tr><td>{html.escape(method)}</td><td>{row['strength']:g}</td>"
+                + "".join(f"<td>{c}</td>" for c in cells)
+                + "</tr>"
+            )
+    return f"<table>{''.join(league)}</table>{note}<table>{''.join(runs)}</table>"
+
+
+def _estimate(row: dict, key: str, spec: str = "+.3f") -> str:
+    """``value [low, high]`` of a flat headline row (``key``, ``key_ci_low``, ``key_ci_high``)."""
+    low, high = format(row[f"{key}_ci_low"], spec), format(row[f"{key}_ci_high"], spec)
+    return f"{format(row[key], spec)} <span class='meta'>[{low}, {high}]</span>"
+
+
+def headline_table(rows: dict[str, dict]) -> str:
+    """Target shift, CTG and CTG ratio with 95% CIs, one row per label (flat headline rows)."""
+    header = "<tr><th></th><th>target shift [95% CI]</th><th>CTG [95% CI]</th><th>CTG ratio [95% CI]</th></tr>"
+    body = "".join(
+        f"<tr><td>{html.escape(label)}</td><td>{_estimate(row, 'target_shift')}</td><td>{_estimate(row, 'ctg')}</td>"
+        f"<td>{_estimate(row, 'ctg_ratio', '+.2f')}</td></tr>"
+        for label, row in rows.items()
+    )
+    return f"<table>{header}{body}</table>"
+
+
+def _headline_rows(results: dict) -> dict[str, dict]:
+    rows = {f"eval split of {results['data']}, pooled over {results['seeds']} seed(s)": results}
+    if results["seeds"] > 1:
+        rows.update({f"  seed {row['seed']}": row for row in results["per_seed"]})
+    rows.update({f"check data: {name}": row for name, row in results["checks"].items()})
+    return rows
 
 
 def _headline(run: RunArtifacts, results: dict) -> str:
     cards = []
     if "target_shift" in results:
+        ci = f"[{results['ctg_ci_low']:+.3f}, {results['ctg_ci_high']:+.3f}]"
         cards += [
-            _card(_fmt(results["target_shift"]), f"target shift ({run.config['target']})"),
-            _card(_fmt(results["ctg"]), "CTG (mean shift, other topics)"),
+            _card(
+                _fmt(results["target_shift"]), f"target shift ({run.config['target']}, toward {run.config['leaning']})"
+            ),
+            _card(_fmt(results["ctg"]), f"CTG (mean shift, other topics) {ci}"),
             _card(_fmt(results["ctg_ratio"], "+.2f"), "CTG ratio"),
         ]
     if "general_neurons" in results:
@@ -143,12 +196,15 @@ def build_report(run: RunArtifacts) -> str:
         )
     else:
         sections.append(_section("Stance per topic", _missing("base_stance")))
+    generalization = (headline_table(_headline_rows(results)) + chart("generalization")) if run.generalization else ""
     sections.append(
         _section(
             "Cross-topic generalization",
-            chart("generalization") or _missing("generalization"),
+            generalization or _missing("generalization"),
             "Shift = fine-tuned − base stance per topic (paired bootstrap CI over items). "
-            "CTG = mean shift over the non-target topics.",
+            "Target shift and CTG (mean shift over the non-target topics) are signed toward the trained leaning; "
+            "pooled = mean over training seeds, its CI resampling the eval items. Check data sets are scored "
+            "the same way but never trained on: a spill-over that shows there too is not shared phrasing.",
         )
     )
     sections.append(
@@ -167,15 +223,15 @@ def build_report(run: RunArtifacts) -> str:
             "Recovery is unstable where the fine-tune's own shift on a topic is near zero.",
         )
     )
-    inhibit = (_inhibit_table(run.inhibitft) + chart("inhibitft")) if run.inhibitft else _missing("inhibitft")
+    mitigation = (mitigation_tables(run.mitigation) + chart("mitigation")) if run.mitigation else _missing("mitigate")
     sections.append(
         _section(
-            "InhibitFT",
-            inhibit,
-            "Fine-tuning again (same data, seed and schedule) while the top general neurons are inhibited; "
-            "the random control inhibits a layer-matched random set of the same size. "
-            "Target kept = inhibited / vanilla target shift; "
-            "CTG reduction = 1 − inhibited / vanilla CTG (undefined when vanilla CTG is near zero).",
+            "Mitigations",
+            mitigation,
+            "Fine-tuning again (same data, seeds and schedule) with an intervention active during training only, "
+            "and again with its matched random control. Target kept = treated / vanilla target shift; "
+            "CTG ratio = CTG / target shift (lower = less spill-over per unit of target); "
+            "CTG reduction = 1 − treated / vanilla CTG. CIs resample the eval items, paired across runs.",
         )
     )
     if run.examples and run.examples["neurons"]:
@@ -201,15 +257,57 @@ def build_report(run: RunArtifacts) -> str:
     )
     title = f"polineurons run — {config['model']}, {config['leaning']}-leaning fine-tune on {config['target']}"
     meta = (
-        f"data: {html.escape(config['data'])} · preset: {html.escape(config['preset'])} · "
-        f"seed {config['finetune']['seed']} · report written {time.strftime('%Y-%m-%d %H:%M')}"
+        f"data: {config['data']} · preset: {config['preset']} · {config['seeds']} training seed(s) from "
+        f"{config['finetune']['seed']} · report written {time.strftime('%Y-%m-%d %H:%M')}"
     )
+    return _page(title, meta, sections)
+
+
+def _page(title: str, meta: str, sections: list[str]) -> str:
+    """A whole offline page: plotly.js inlined once in the head, every chart refers to it."""
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style>"
         f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
-        f"<h1>{html.escape(title)}</h1><p class='meta'>{meta}</p>{''.join(sections)}</body></html>"
+        f"<h1>{html.escape(title)}</h1><p class='meta'>{html.escape(meta)}</p>{''.join(sections)}</body></html>"
     )
+
+
+def build_matrix_report(matrix: dict) -> str:
+    """The page of a ``polineurons matrix`` folder: the heatmaps and each cell's headline numbers."""
+    heatmaps = matrix_heatmaps(matrix).to_html(
+        full_html=False, include_plotlyjs=False, div_id="chart-matrix", default_height="560px"
+    )
+    rows = {
+        f"{c['target']} → {c['leaning']}": headline_fields(Headline.from_dict(c["headline"])) for c in matrix["cells"]
+    }
+    checks = [
+        _section(
+            f"On the check data {name}",
+            headline_table(
+                {
+                    f"{c['target']} → {c['leaning']}": headline_fields(Headline.from_dict(c["checks"][name]))
+                    for c in matrix["cells"]
+                }
+            ),
+        )
+        for name in matrix["check_data"]
+    ]
+    sections = [
+        _section(
+            "Stance shift per topic", heatmaps, "Rows: the topic fine-tuned on; columns: the topic scored (eval items)."
+        ),
+        _section("Per fine-tune (toward its leaning)", headline_table(rows)),
+        *checks,
+    ]
+    return _page(
+        f"polineurons matrix — {matrix['data']}", f"report written {time.strftime('%Y-%m-%d %H:%M')}", sections
+    )
+
+
+def write_matrix_report(matrix: dict, path: str | Path) -> Path:
+    atomic_write_text(path, build_matrix_report(matrix))
+    return Path(path)
 
 
 def write_report(run: RunArtifacts, path: str | Path) -> Path:

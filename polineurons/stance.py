@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from polineurons.batching import SequenceBatch, pad_id_of, sequence_batches
-from polineurons.data.items import StanceDataset, StanceItem, StatementItem
+from polineurons.data.items import DataError, StanceDataset, StanceItem, StatementItem
 from polineurons.data.prompts import encode_prompt, encode_text
 from polineurons.stats import bootstrap_ci
 
@@ -207,6 +207,15 @@ def summarize(scores: Sequence[ItemScore], *, n_boot: int = 2000, seed: int = 0)
             n=len(values),
         )
     return summary
+
+
+def measure_statements(
+    model, dataset: StanceDataset, *, batch_size: int = 16, progress: bool = True
+) -> dict[str, TopicScore]:
+    """Per-topic agree-vs-disagree stance on ``dataset``'s statement items (positive = right)."""
+    if not dataset.statements:
+        raise DataError(f"{dataset.source} has no statement items.")
+    return summarize(score_statements(model, dataset.statements, batch_size=batch_size, progress=progress))
 
 
 def topic_table(title: str, topics: dict[str, TopicScore]) -> str:

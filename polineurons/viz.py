@@ -49,55 +49,115 @@ def generalization_heatmap(
     return figure
 
 
-def inhibitft_tradeoff(summary: dict) -> go.Figure:
-    """CTG reduction and target shift kept against the percent of neurons inhibited, one line per
-    mode, with the layer-matched random control as open markers (from an InhibitFT ``summary.json``)."""
+def matrix_heatmaps(matrix: dict) -> go.Figure:
+    """The cross-topic matrix (``polineurons matrix``'s ``matrix.json``): one heatmap per leaning,
+    rows = fine-tuning target, columns = evaluated topic, colour = stance shift (red = moved right).
+    A star marks a shift whose 95% CI excludes zero."""
     from plotly.subplots import make_subplots
 
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("CTG reduction", "target shift kept"), shared_xaxes=True)
-    groups: dict[str, list[dict]] = {}
-    for row in summary["comparisons"].values():
-        label = (
-            "random control (zero)"
-            if row["control"]
-            else (f"scale {row['scale']:g}" if row["mode"] == "scale" else row["mode"])
+    leanings, topics, targets = matrix["leanings"], matrix["topics"], matrix["targets"]
+    cells = {(c["target"], c["leaning"]): c for c in matrix["cells"]}
+    titles = [f"fine-tuned toward {leaning}" for leaning in leanings]
+    figure = make_subplots(rows=1, cols=len(leanings), subplot_titles=titles, horizontal_spacing=0.12)
+    values = [abs(row["shift"]) for c in matrix["cells"] for row in c["shifts"].values()]
+    bound = max(values, default=1.0)
+    for col, leaning in enumerate(leanings, start=1):
+        rows = [
+            [cells[(t, leaning)]["shifts"].get(topic) if (t, leaning) in cells else None for topic in topics]
+            for t in targets
+        ]
+        z = [[r["shift"] if r else np.nan for r in row] for row in rows]
+        text = [
+            [f"{r['shift']:+.2f}{'*' if r['ci_low'] > 0 or r['ci_high'] < 0 else ''}" if r else "" for r in row]
+            for row in rows
+        ]
+        ci = [[f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]" if r else "" for r in row] for row in rows]
+        figure.add_trace(
+            go.Heatmap(
+                z=z,
+                x=topics,
+                y=targets,
+                zmin=-bound,
+                zmax=bound,
+                colorscale="RdBu_r",
+                text=text,
+                customdata=ci,
+                texttemplate="%{text}",
+                showscale=col == len(leanings),
+                colorbar={"title": "shift"},
+                hovertemplate="fine-tuned on %{y}<br>evaluated on %{x}<br>shift %{z:+.3f} %{customdata}<extra></extra>",
+            ),
+            row=1,
+            col=col,
         )
-        groups.setdefault(label, []).append(row)
-    palette = ["#1b7837", "#d6604d", "#7570b3", "#e7298a"]
-    for number, (label, rows) in enumerate(groups.items()):
-        rows = sorted(rows, key=lambda r: r["percent"])
-        control = label.startswith("random")
-        colour = _GREY if control else palette[number % len(palette)]
-        for col, key in ((1, "ctg_reduction"), (2, "target_kept")):
-            values = [r[key] for r in rows]
+    figure.update_yaxes(autorange="reversed")
+    figure.update_xaxes(tickangle=30)
+    figure.update_layout(
+        title=f"Stance shift per evaluated topic after fine-tuning on one topic ({matrix['data']}; "
+        "* = 95% CI excludes 0)"
+    )
+    return figure
+
+
+def mitigation_tradeoff(mitigation: dict) -> go.Figure:
+    """Spill-over left against target kept (``mitigation.json``): one curve per method over its
+    strengths (pooled over seeds, 95% CIs), its random control dashed, vanilla as a star at kept = 1.
+    Down and to the right is better: less CTG per unit of target shift, most of the target kept."""
+    figure = go.Figure()
+    palette = ["#1b7837", "#d6604d", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#1f78b4"]
+    for number, (method, rows) in enumerate(mitigation["pooled"].items()):
+        colour = palette[number % len(palette)]
+        for label, series, dash in (
+            (method, rows, "solid"),
+            (
+                f"{method} (control)",
+                [r["control"] | {"strength": r["strength"]} for r in rows if "control" in r],
+                "dash",
+            ),
+        ):
+            if not series:
+                continue
             figure.add_trace(
                 go.Scatter(
-                    x=[r["percent"] for r in rows],
-                    y=[v["value"] for v in values],
+                    x=[r["target_kept"] for r in series],
+                    y=[r["ctg_ratio"] for r in series],
+                    mode="lines+markers",
+                    name=label,
+                    text=[f"strength {r['strength']:g}" for r in series],
+                    line={"color": colour, "dash": dash},
+                    marker={"symbol": "circle" if dash == "solid" else "circle-open", "size": 9, "color": colour},
                     error_y={
                         "type": "data",
                         "symmetric": False,
-                        "array": [v["ci_high"] - v["value"] for v in values],
-                        "arrayminus": [v["value"] - v["ci_low"] for v in values],
+                        "array": [r["ctg_ratio_ci_high"] - r["ctg_ratio"] for r in series],
+                        "arrayminus": [r["ctg_ratio"] - r["ctg_ratio_ci_low"] for r in series],
+                        "color": colour,
+                        "thickness": 1,
                     },
-                    mode="markers" if control else "lines+markers",
-                    marker={"symbol": "circle-open" if control else "circle", "size": 9, "color": colour},
-                    line={"color": colour},
-                    name=label,
-                    legendgroup=label,
-                    showlegend=col == 1,
-                ),
-                row=1,
-                col=col,
+                    hovertemplate=f"{label}<br>%{{text}}<br>target kept %{{x:.2f}}<br>"
+                    "CTG ratio %{y:+.2f}<extra></extra>",
+                )
             )
-    percents = sorted({r["percent"] for r in summary["comparisons"].values()})
-    figure.update_xaxes(
-        title_text="% of all MLP neurons inhibited",
-        type="log",
-        tickvals=percents,
-        ticktext=[f"{p:g}" for p in percents],
+    vanilla = mitigation["vanilla"]["pooled"]
+    figure.add_trace(
+        go.Scatter(
+            x=[1.0],
+            y=[vanilla["ctg_ratio"]],
+            mode="markers",
+            name="vanilla",
+            marker={"symbol": "star", "size": 16, "color": "black"},
+        )
     )
-    figure.update_layout(title=f"InhibitFT on {summary.get('target', '?')}: spill-over removed vs target kept")
+    figure.add_vline(x=0.9, line_dash="dot", line_color=_GREY)
+    # ratios explode where a run kept little of the target: frame the points, let wide CIs run off the chart
+    points = [vanilla["ctg_ratio"]] + [y for trace in figure.data for y in trace.y if np.isfinite(y)]
+    figure.update_yaxes(range=[max(-3.0, min(points) - 0.3), min(3.0, max(points) + 0.3)])
+    figure.update_layout(
+        title=f"Mitigations on {mitigation['target']} ({mitigation['leaning']}): "
+        "spill-over per unit of target shift vs target kept",
+        xaxis_title="target shift kept (treated / vanilla)",
+        yaxis_title="CTG ratio (CTG / target shift)",
+    )
     return figure
 
 
@@ -278,6 +338,6 @@ def run_figures(run: RunArtifacts) -> dict[str, go.Figure]:
         figures["neuron_layers"] = layer_distribution(run.localize)
     if run.recovery:
         figures["patching"] = patching_recovery(run.recovery, run.patch["set_sizes"], run.patch["target"])
-    if run.inhibitft and run.inhibitft["comparisons"]:
-        figures["inhibitft"] = inhibitft_tradeoff(run.inhibitft)
+    if run.mitigation and run.mitigation["pooled"]:
+        figures["mitigation"] = mitigation_tradeoff(run.mitigation)
     return figures

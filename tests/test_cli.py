@@ -9,7 +9,6 @@ from polineurons import load_model
 from polineurons.cli import main
 from polineurons.data import load_data
 from polineurons.finetune import FinetuneConfig, finetune, training_pairs
-from polineurons.neurons import NeuronSet
 
 TOPICS = {"crime_and_gun", "economy_and_inequality", "gender_and_sexuality", "immigration", "race", "science"}
 
@@ -54,7 +53,7 @@ def test_stance_command_writes_the_documented_json(cli, tiny_env, tmp_path):
     )
     assert code == 0, output
     report = json.loads(out.read_text())
-    assert report["model"] == "tiny-llama" and report["data"] == "bundled"
+    assert report["model"] == "tiny-llama" and report["data"] == "voices"
     assert list(report["topics"]) == ["race", "science"]
     assert set(report["topics"]["race"]) == {"score", "ci_low", "ci_high", "right_rate", "n"}
     assert report["topics"]["race"]["n"] == 2 and set(report["statements"]) == {"race", "science"}
@@ -72,7 +71,7 @@ def test_finetune_then_generalization(cli, tiny_env, tmp_path):
     args = ["finetune", "-m", "tiny-llama", "--topic", "immigration", "--leaning", "right", "--out", out]
     code, output = cli([*args, "--max-steps", 2, "--batch-size", 4, "--max-seq-len", 320, "--learning-rate", "1e-3"])
     assert code == 0, output
-    assert "2 steps on 61 examples" in output and (out / "training_log.json").is_file()
+    assert "2 steps on 216 examples" in output and (out / "training_log.json").is_file()
     report = tmp_path / "gen.json"
     args = ["generalization", "--base", "tiny-llama", "--finetuned", out, "--target", "immigration", "--max-items", 2]
     code, output = cli([*args, "--out", report])
@@ -112,18 +111,96 @@ def test_localize_then_patch(cli, tiny_env, tmp_path):
     assert len(report["attribution_check"]["exact"]) == 6
 
 
-def test_inhibitft_command(cli, tiny_env, tmp_path):
-    NeuronSet.from_indices({2: range(5)}, 3, 96).save(tmp_path / "set")
-    args = ["inhibitft", "--base", "tiny-llama", "--target", "race", "--neurons", tmp_path / "set.safetensors"]
-    args += ["--out", tmp_path / "inh", "--finetune.max-steps", 1, "--finetune.batch-size", 4]
-    args += ["--finetune.max-seq-len", 320, "--stance.max-items", 1, "--modes", "zero"]
-    code, output = cli([*args, "freeze"])
+def test_localize_then_mitigate(cli, tiny_env, tmp_path):
+    tuned = load_model("tiny-llama", device="cpu")
+    finetune(
+        tuned,
+        training_pairs(load_data(), "race", "right")[:4],
+        FinetuneConfig(max_steps=1, batch_size=2, max_seq_len=320),
+        out_dir=tmp_path / "ft",
+        progress=False,
+    )
+    code, output = cli(
+        [
+            "localize",
+            "--base",
+            "tiny-llama",
+            "--finetuned",
+            tmp_path / "ft",
+            "--out",
+            tmp_path / "loc",
+            "--max-items",
+            2,
+        ]
+    )
     assert code == 0, output
-    summary = json.loads((tmp_path / "inh" / "summary.json").read_text())
-    assert set(summary["comparisons"]) == {"zero/p5/seed0", "freeze/p5/seed0", "random-zero/p5/seed0"}
-    assert {"ctg_reduction", "target_kept", "vanilla", "inhibited"} <= set(summary)
+    args = [
+        "mitigate",
+        "--base",
+        "tiny-llama",
+        "--target",
+        "race",
+        "--neurons",
+        tmp_path / "loc",
+        "--out",
+        tmp_path / "m",
+    ]
+    args += [
+        "--finetune.max-steps",
+        1,
+        "--finetune.batch-size",
+        4,
+        "--finetune.max-seq-len",
+        320,
+        "--stance.max-items",
+        1,
+    ]
+    args += ["--items", 2, "--strengths", 0.5, 1, "--methods", "inhibit-zero"]
+    code, output = cli([*args, "caft"])
+    assert code == 0, output
+    result = json.loads((tmp_path / "m" / "mitigation.json").read_text())
+    assert set(result["methods"]) == {"inhibit-zero", "caft"} and {"vanilla", "methods", "league"} <= set(result)
+    assert "CTG ratio" in output and "vanilla" in output
     code, output = cli([*args, "anchor"])
     assert code == 2 and "invalid choice 'anchor'" in output
+
+
+def test_screen_and_matrix_commands(cli, tiny_env, tmp_path):
+    code, output = cli(
+        [
+            "screen",
+            "-m",
+            "tiny-llama",
+            "--target",
+            "race",
+            "--max-train-items",
+            4,
+            "--max-eval-items",
+            2,
+            "--out",
+            tmp_path / "s.json",
+        ]
+    )
+    assert code == 0, output
+    assert "predicted CTG ratio" in output and set(
+        json.loads((tmp_path / "s.json").read_text())["topics"]["science"]
+    ) >= {"cosine", "predicted_ctg"}
+    args = [
+        "matrix",
+        "--preset",
+        "smoke",
+        "--model",
+        "tiny-llama",
+        "--out",
+        tmp_path / "m",
+        "--targets",
+        "race",
+        "--leanings",
+        "right",
+    ]
+    code, output = cli(args)
+    assert code == 0, output
+    assert "CTG [95% CI]" in output and (tmp_path / "m" / "report.html").is_file()
 
 
 def test_run_command_end_to_end_then_resumes(cli, tiny_env, tmp_path):

@@ -5,13 +5,13 @@ from dataclasses import replace
 
 import pytest
 
-from polineurons import experiment
+from polineurons import experiment, load_model
 from polineurons.artifacts import collect_results, load_run
 from polineurons.config import RunConfig, RunError
+from polineurons.data import load_data
 from polineurons.experiment import STAGES, downstream, run_pipeline
-from polineurons.inhibitft import InhibitConfig, plan_variants, run_inhibitft
-from polineurons.neurons import NeuronSet
 from polineurons.stance import StanceResult
+from polineurons.trial import Trial, TrialSpec, run_trial
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def tiny_env(tiny_cache, monkeypatch):
 def _run(config, out, **kwargs):
     messages = []
     results = run_pipeline(config, out, progress=False, echo=messages.append, device="cpu", **kwargs)
-    ran = [m.split("]")[0][1:] for m in messages if m.endswith("running")]
+    ran = [m.split("]")[0][1:] for m in messages if m.endswith(("running", "resuming"))]
     return results, ran
 
 
@@ -37,23 +37,26 @@ def finished_run(smoke_run):
 
 
 def test_downstream_closure():
-    assert downstream(["localize"]) == ["localize", "patch", "inhibitft", "figures", "report"]
-    assert downstream(["base_stance"]) == ["base_stance", "generalization", "inhibitft", "figures", "report"]
+    assert downstream(["localize"]) == ["localize", "patch", "mitigate", "figures", "report"]
+    assert downstream(["base_stance"]) == ["base_stance", "generalization", "mitigate", "figures", "report"]
+    assert downstream(["finetune"]) == list(STAGES[1:])
     assert downstream([]) == []
 
 
 def test_every_stage_runs_and_writes_its_artifacts(finished_run):
     out, results, ran = finished_run
     assert ran == list(STAGES)
-    assert sorted(p.stem for p in (out / "stages").glob("*.json")) == sorted(STAGES)
+    assert sorted(p.stem for p in (out / "stages").glob("*.json")) == sorted(STAGES)  # no stage left started
     for path in (
         "results.json",
         "report.html",
         "config.json",
+        "base_stance/check-crosscheck.json",
+        "finetune/seed0.json",
         "finetune/model/config.json",
         "localize/general.safetensors",
         "patch/recovery.json",
-        "inhibitft/summary.json",
+        "mitigate/mitigation.json",
         "figures/generalization.html",
         "figures/plotly.min.js",
     ):
@@ -66,41 +69,37 @@ def test_results_hold_the_headline_numbers(finished_run):
     _, results, _ = finished_run
     topics = {"crime_and_gun", "economy_and_inequality", "gender_and_sexuality", "immigration", "race", "science"}
     assert set(results["base_stance"]) == set(results["finetuned_stance"]) == set(results["shifts"]) == topics
-    assert results["target_shift"] == results["shifts"]["immigration"]["shift"]
+    assert results["target_shift"] == pytest.approx(results["shifts"]["immigration"]["shift"])
     others = [row["shift"] for topic, row in results["shifts"].items() if topic != "immigration"]
     assert results["ctg"] == pytest.approx(sum(others) / len(others))
+    assert results["ctg_ci_low"] <= results["ctg"] <= results["ctg_ci_high"]
+    assert results["ctg_ratio"] == pytest.approx(results["ctg"] / results["target_shift"])
+    assert [row["seed"] for row in results["per_seed"]] == [0] and results["per_seed"][0]["ctg"] == results["ctg"]
+    assert set(results["checks"]) == {"crosscheck"} and "ctg_ci_low" in results["checks"]["crosscheck"]
     general = results["general_neurons"]
     assert general["n_neurons"] == 288 and general["fraction"] == pytest.approx(general["count"] / 288)
     patch = results["patching_recovery_on_target"]
     assert {"general", "random_mean", "specific_target", "all"} <= set(patch) and len(patch["random"]) == 1
-    assert set(results["inhibitft"]) == {"zero/p5/seed0", "random-zero/p5/seed0"}
-    for row in results["inhibitft"].values():
-        assert {"target_kept", "ctg_reduction"} <= set(row) and row["n_neurons"] == round(288 * 0.05)
+    mitigation = results["mitigation"]
+    assert set(mitigation["pooled"]) == {"inhibit-zero", "caft"}
+    for rows in mitigation["pooled"].values():
+        assert [r["strength"] for r in rows] == [1.0]
+        assert {"target_kept", "ctg_ratio", "ctg_reduction"} <= set(rows[0]) and "ctg_ratio" in rows[0]["control"]
 
 
-def test_inhibitft_reuses_an_identical_vanilla_run(finished_run, tmp_path):
-    """The finetune stage stands in for InhibitFT's vanilla run: training it afresh gives the same stance."""
+def test_mitigation_reuses_an_identical_vanilla_run(finished_run, tmp_path):
+    """The finetune stage's trial stands in for the mitigation's vanilla run: training it afresh
+    with the same settings gives the same stance."""
     out, _, _ = finished_run
-    run = load_run(out)
     config = RunConfig.from_preset("smoke", model="tiny-llama")
-    from polineurons import load_model
-    from polineurons.data import load_data
-
-    vanilla = plan_variants(lambda p: NeuronSet.empty(3, 96), InhibitConfig(random_control=False))[:1]
-    summary = run_inhibitft(
-        lambda: load_model("tiny-llama", device="cpu"),
-        load_data("bundled"),
-        "immigration",
-        vanilla,
-        tmp_path,
-        config=config.finetune,
-        stance=config.stance,
-        progress=False,
+    spec = TrialSpec(load_data(config.data), config.target, config.leaning, config.finetune, config.stance)
+    fresh, _ = run_trial(
+        spec, lambda: load_model("tiny-llama", device="cpu"), tmp_path / "vanilla.json", progress=False
     )
-    fresh = summary["vanilla"]["vanilla/seed0"]["shifts"]
-    reused = run.generalization.shifts
-    for topic in reused:
-        assert fresh[topic]["shift"] == pytest.approx(reused[topic].shift, abs=1e-5)
+    stored = Trial.from_dict(json.loads((out / "mitigate" / "trials" / "vanilla-seed0.json").read_text()))
+    assert [i.id for i in fresh.stance.items] == [i.id for i in stored.stance.items]
+    for a, b in zip(fresh.stance.items, stored.stance.items, strict=True):
+        assert a.score == pytest.approx(b.score, abs=1e-5)
 
 
 def test_a_second_invocation_resumes_without_recomputing(finished_run):
@@ -119,7 +118,7 @@ def test_a_changed_config_is_refused_unless_forced(tiny_env, smoke_config, tmp_p
         _run(changed, tmp_path)
     assert "--force localize" in str(error.value) and "patch" not in str(error.value)
     _, ran = _run(changed, tmp_path, force=["localize"])
-    assert ran == ["localize", "patch", "inhibitft", "figures", "report"]
+    assert ran == ["localize", "patch", "mitigate", "figures", "report"]
     assert load_run(tmp_path).localize["config"]["top_k"] == 20.0
 
 
@@ -139,14 +138,14 @@ def test_an_interrupted_run_keeps_finished_stages_and_resumes(tiny_env, smoke_co
     monkeypatch.setattr(experiment, "PIPELINE", stages)
     with pytest.raises(KeyboardInterrupt):
         _run(smoke_config, tmp_path)
-    assert sorted(p.stem for p in (tmp_path / "stages").glob("*.json")) == sorted(
+    assert sorted(p.stem for p in (tmp_path / "stages").glob("*.json") if "." not in p.stem) == sorted(
         ["base_stance", "finetune", "generalization", "localize"]
     )
     partial = json.loads((tmp_path / "results.json").read_text())
     assert "general_neurons" in partial and "patching_recovery_on_target" not in partial
     monkeypatch.undo()
     _, ran = _run(smoke_config, tmp_path)
-    assert ran == ["patch", "inhibitft", "figures", "report"]
+    assert ran == ["patch", "mitigate", "figures", "report"]
 
 
 def test_bad_input_fails_before_any_work(tiny_env, tmp_path):
@@ -166,12 +165,32 @@ def test_bad_input_fails_before_any_work(tiny_env, tmp_path):
 def test_collect_results_of_a_partial_run(finished_run, tmp_path):
     out, _, _ = finished_run
     run = load_run(out)
-    run.patch = run.recovery = run.inhibitft = None
+    run.patch = run.recovery = run.mitigation = None
     results = collect_results(run)
-    assert "patching_recovery_on_target" not in results and "inhibitft" not in results and "target_shift" in results
+    assert "patching_recovery_on_target" not in results and "mitigation" not in results and "target_shift" in results
 
 
 def test_stance_round_trips_through_json(finished_run):
     out, _, _ = finished_run
     data = json.loads((out / "base_stance" / "stance.json").read_text())
     assert StanceResult.from_dict(data).to_dict() == {k: data[k] for k in ("topics", "items")}
+
+
+def test_seeds_and_a_left_leaning_run(tiny_env, tmp_path):
+    """Two seeds of a left-leaning fine-tune: per-seed rows, pooled = their mean, signed toward left."""
+    config = RunConfig.from_preset("smoke", model="tiny-llama", leaning="left", seeds=2)
+    results, _ = _run(config.with_overrides({"mitigate.controls": False, "mitigate.methods": ("caft",)}), tmp_path)
+    assert [row["seed"] for row in results["per_seed"]] == [0, 1]
+    assert results["ctg"] == pytest.approx(sum(row["ctg"] for row in results["per_seed"]) / 2)
+    assert results["target_shift"] == pytest.approx(sum(row["target_shift"] for row in results["per_seed"]) / 2)
+    first = load_run(tmp_path).generalization
+    assert first.leaning == "left" and results["per_seed"][0]["target_shift"] == pytest.approx(first.target_shift)
+    assert first.target_shift == pytest.approx(-first.shifts["immigration"].shift)
+    assert (tmp_path / "finetune" / "seed1.json").is_file() and not (tmp_path / "finetune" / "seed1").exists()
+    trials = sorted(p.stem for p in (tmp_path / "mitigate" / "trials").glob("*.json"))
+    assert trials == [
+        "caft-s1-seed0",
+        "caft-s1-seed1",
+        "vanilla-seed0",
+        "vanilla-seed1",
+    ]  # a vanilla run reused per seed

@@ -1,26 +1,33 @@
-"""Slow: quick-settings fine-tune of the embedded model (`pytest -m slow`, about 5 minutes here)."""
+"""Slow: one real seed of the quick path on the embedded model (`pytest -m slow`, about 6 minutes here).
+
+The quick preset's fine-tune (right-leaning, immigration, partisan-voice data) must move the target
+topic and spill over onto the other topics: CTG with its 95% CI above zero and a CTG ratio of at
+least 0.2 — the phenomenon the whole study starts from."""
 
 import pytest
 
 from polineurons import load_model
+from polineurons.config import RunConfig
 from polineurons.data import load_data
-from polineurons.finetune import FinetuneConfig, finetune, training_pairs
-from polineurons.generalization import measure_generalization
+from polineurons.generalization import seed_headlines
+from polineurons.stance import measure_stance
+from polineurons.trial import TrialSpec, run_trial
 
 pytestmark = pytest.mark.slow
 
 
-def test_right_leaning_finetune_moves_the_target_topic_right(embedded_model, tmp_path, capsys):
-    data = load_data()
-    tuned = load_model(device="cpu")
-    result = finetune(
-        tuned, training_pairs(data, "immigration", "right"), FinetuneConfig(), out_dir=tmp_path / "ft", progress=False
-    )
-    assert result.losses[-1] < result.losses[0]
-    shifts, _, _ = measure_generalization(embedded_model, tuned, data, "immigration", progress=False)
-    target = shifts.shifts["immigration"]
+def test_quick_fine_tune_spills_over_onto_the_other_topics(embedded_model, tmp_path, capsys):
+    config = RunConfig.from_preset("quick")
+    data = load_data(config.data)
+    spec = TrialSpec(data, config.target, config.leaning, config.finetune, config.stance)
+    trial, _ = run_trial(spec, lambda: load_model(device="cpu"), tmp_path / "seed0.json", progress=False)
+    assert trial.training["losses"][-1] < trial.training["losses"][0]
+    base = measure_stance(embedded_model, data, config.stance, progress=False)
+    pooled = seed_headlines(base, [trial.stance], config.target, config.leaning).pooled
     with capsys.disabled():
         print(
-            f"\ntarget shift {target.shift:+.3f} [{target.ci_low:+.3f}, {target.ci_high:+.3f}], CTG {shifts.ctg:+.3f}"
+            f"\ntarget shift {pooled.target_shift.value:+.3f}, CTG {pooled.ctg.value:+.3f} "
+            f"[{pooled.ctg.ci_low:+.3f}, {pooled.ctg.ci_high:+.3f}], CTG ratio {pooled.ctg_ratio.value:+.2f}"
         )
-    assert target.shift > 0 and target.ci_low > 0
+    assert pooled.target_shift.ci_low > 0
+    assert pooled.ctg.ci_low > 0 and pooled.ctg_ratio.value >= 0.2

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from polineurons.generalization import compare, generalization_matrix
+from polineurons.generalization import Generalization, SeedHeadlines, compare, generalization_matrix, seed_headlines
 from polineurons.stance import ItemScore, StanceResult, summarize
 from polineurons.viz import generalization_heatmap
 
@@ -54,3 +54,29 @@ def test_matrix_and_heatmap():
     assert figure.data[0].z.shape == (2, 3) and figure.data[0].zmax == pytest.approx(0.6)
     with pytest.raises(ValueError, match="expected"):
         generalization_heatmap(["a"], topics, matrix)
+
+
+def test_a_left_leaning_fine_tune_is_signed_toward_left():
+    right, left = compare(BEFORE, AFTER, "a"), compare(BEFORE, AFTER, "a", leaning="left")
+    assert left.target_shift == pytest.approx(-right.target_shift) and left.ctg == pytest.approx(-right.ctg)
+    assert left.ctg_ratio == pytest.approx(right.ctg_ratio)
+    assert left.shifts == right.shifts  # per-topic shifts stay raw: positive = right
+    assert Generalization.from_dict(json.loads(json.dumps(left.to_dict()))) == left
+
+
+def test_seed_headlines_pool_the_seeds_and_agree_with_one_seed():
+    other = result({"a": [0.4, 0.5, 0.3], "b": [0.3, 0.4, 0.2], "c": [-0.5, -0.5, -0.4]})
+    one = seed_headlines(BEFORE, [AFTER], "a", "right")
+    assert one.pooled == one.per_seed[0] and one.seed_sd == {"target_shift": 0.0, "ctg": 0.0, "ctg_ratio": 0.0}
+    assert one.pooled.ctg.value == pytest.approx(compare(BEFORE, AFTER, "a").ctg)
+    assert one.pooled.ctg.ci_low <= one.pooled.ctg.value <= one.pooled.ctg.ci_high
+    two = seed_headlines(BEFORE, [AFTER, other], "a", "right", seeds=[3, 4])
+    assert two.per_seed[0] == one.per_seed[0]  # the same item draws for every seed
+    expected = [compare(BEFORE, r, "a") for r in (AFTER, other)]
+    assert two.pooled.target_shift.value == pytest.approx(np.mean([g.target_shift for g in expected]))
+    assert two.pooled.ctg.value == pytest.approx(np.mean([g.ctg for g in expected]))
+    assert two.seed_sd["ctg"] == pytest.approx(np.std([g.ctg for g in expected], ddof=1))
+    assert SeedHeadlines.from_dict(json.loads(json.dumps(two.to_dict()))) == two
+    left = seed_headlines(BEFORE, [AFTER, other], "a", "left")
+    assert left.pooled.ctg.value == pytest.approx(-two.pooled.ctg.value)
+    assert left.pooled.ctg.ci_low == pytest.approx(-two.pooled.ctg.ci_high)

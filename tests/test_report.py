@@ -28,7 +28,7 @@ def test_report_is_self_contained(smoke_run):
         "Cross-topic generalization",
         "Where the neurons are",
         "Activation patching",
-        "InhibitFT",
+        "Mitigations",
         "Top general neurons on example prompts",
     ):
         assert heading in page
@@ -36,9 +36,9 @@ def test_report_is_self_contained(smoke_run):
 
 def test_report_of_a_partial_run_says_what_is_missing(smoke_run):
     run = load_run(smoke_run[0])
-    run.patch = run.recovery = run.inhibitft = None
+    run.patch = run.recovery = run.mitigation = None
     page = build_report(run)
-    assert "The patch stage has not finished" in page and "The inhibitft stage has not finished" in page
+    assert "The patch stage has not finished" in page and "The mitigate stage has not finished" in page
 
 
 @pytest.mark.skipif(not browser_available(), reason=INSTALL_HINT)
@@ -79,7 +79,7 @@ def test_figure_script_writes_static_images(smoke_run, tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    for name in ("stance", "generalization", "neuron_layers", "patching", "inhibitft"):
+    for name in ("stance", "generalization", "neuron_layers", "patching", "mitigation"):
         png = tmp_path / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
         assert (tmp_path / f"{name}.html").is_file()

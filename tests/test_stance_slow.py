@@ -17,7 +17,7 @@ def test_embedded_model_stance_on_all_six_topics(embedded_model, capsys):
     elapsed = time.perf_counter() - start
     assert list(result.topics) == list(TOPICS)
     for topic in result.topics.values():
-        assert topic.n == 20 and math.isfinite(topic.score) and topic.ci_low <= topic.score <= topic.ci_high
+        assert topic.n == 48 and math.isfinite(topic.score) and topic.ci_low <= topic.score <= topic.ci_high
     with capsys.disabled():
         print(f"\nembedded model, bundled eval split, {len(result.items)} items, {elapsed:.0f} s")
         for name, t in result.topics.items():

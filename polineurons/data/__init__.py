@@ -9,7 +9,15 @@ from polineurons.data.items import (
     StanceItem,
     StatementItem,
 )
-from polineurons.data.loaders import bundled_data_dir, load_data, load_hf, load_ideoinst, load_jsonl
+from polineurons.data.loaders import (
+    DATASETS,
+    bundled_data_dir,
+    load_data,
+    load_hf,
+    load_ideoinst,
+    load_jsonl,
+    load_neutral,
+)
 from polineurons.data.prompts import encode_prompt, encode_text, format_prompt, has_chat_template
 
 __all__ = [
@@ -29,4 +37,6 @@ __all__ = [
     "load_hf",
     "load_ideoinst",
     "load_jsonl",
+    "load_neutral",
+    "DATASETS",
 ]

@@ -11,6 +11,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,15 @@ from polineurons.data.items import (
     assign_split,
 )
 
-BUNDLED = "bundled"
+BUNDLED = "bundled"  # the default bundled data set
+DATASETS = {
+    "voices": "v2: one partisan voice per leaning reasoning from general values (default)",
+    "arguments": "v1: short topic-specific arguments",
+    "crosscheck": "check set: partisan survey answers in IDEOINST's form, written independently of voices",
+    "briefs": "check set: impersonal policy briefs (no first person), written independently of voices",
+}
+CHECK_SETS = ("crosscheck", "briefs")  # evaluation only: every item is in the eval split
+DEFAULT_DATASET = "voices"
 _IDEOINST_FILE = re.compile(r"^(?P<topic>.+)_(?P<leaning>left|right)\.jsonl$")
 _STANCE_FIELDS = ("topic", "question", "left", "right")
 
@@ -37,7 +46,7 @@ def bundled_data_dir() -> Path:
 
 
 def load_data(
-    spec: str | os.PathLike = BUNDLED,
+    spec: str | os.PathLike = DEFAULT_DATASET,
     *,
     eval_size: int = 20,
     seed: int = 0,
@@ -47,8 +56,10 @@ def load_data(
     """Load stance data from ``spec``.
 
     Args:
-        spec: ``"bundled"`` (our six topics, fixed split), a ``.jsonl`` file or folder in our
-            schema, an IDEOINST-style folder (``{topic}_left.jsonl`` / ``{topic}_right.jsonl``), or
+        spec: a bundled data set — ``"voices"`` (default; ``"bundled"`` is the same), ``"arguments"``,
+            or the check sets ``"crosscheck"`` and ``"briefs"`` (see ``DATASETS``) — a ``.jsonl`` file or
+            folder in our schema, an
+            IDEOINST-style folder (``{topic}_left.jsonl`` / ``{topic}_right.jsonl``), or
             ``"hf:NAME"`` for a Hugging Face dataset (see :func:`load_hf`).
         eval_size: items per topic held out for evaluation, for sources without a fixed split
             (seeded, so evaluation never sees training items).
@@ -56,23 +67,41 @@ def load_data(
         skip_bad_lines: skip malformed lines instead of raising; the count is reported.
         columns: column mapping for ``hf:`` sources.
     """
-    text = str(spec)
-    if text == BUNDLED:
+    text = DEFAULT_DATASET if str(spec) == BUNDLED else str(spec)
+    if text in DATASETS:
         root = bundled_data_dir()
-        if not (root / "stance").is_dir():
+        if not (root / text).is_dir():
             raise DataError(
-                f"Bundled data not found at {root}: it ships with the polineurons source checkout "
+                f"Bundled data set '{text}' not found in {root}: it ships with the polineurons source checkout "
                 "(set POLINEURONS_DATA to its data/ folder)."
             )
-        return load_jsonl(root, eval_size=eval_size, seed=seed, skip_bad_lines=skip_bad_lines, source=BUNDLED)
+        if text in CHECK_SETS:  # never trained on, so every item is eval
+            dataset = load_ideoinst(root / text, eval_size=0, seed=seed, source=text)
+            return replace(dataset, items=tuple(replace(item, split="eval") for item in dataset.items))
+        dataset = load_jsonl(root / text, eval_size=eval_size, seed=seed, skip_bad_lines=skip_bad_lines, source=text)
+        return replace(dataset, statements=_load_statements(root, skip_bad_lines, [0]))
     if text.startswith("hf:"):
         return load_hf(text[3:], columns=columns, eval_size=eval_size, seed=seed)
     path = Path(text).expanduser()
     if not path.exists():
-        raise DataError(f"Data not found: {path} (expected 'bundled', 'hf:NAME', a .jsonl file or a folder).")
+        raise DataError(
+            f"Data not found: {path} (expected one of {', '.join(DATASETS)}, 'hf:NAME', a .jsonl file or a folder)."
+        )
     if path.is_dir() and any(_IDEOINST_FILE.match(p.name) for p in path.iterdir()):
         return load_ideoinst(path, eval_size=eval_size, seed=seed, skip_bad_lines=skip_bad_lines)
     return load_jsonl(path, eval_size=eval_size, seed=seed, skip_bad_lines=skip_bad_lines)
+
+
+def load_neutral() -> list[tuple[str, str]]:
+    """The bundled neutral, non-political ``(prompt, response)`` pairs (``data/neutral.jsonl``): text
+    whose likelihood measures what a political fine-tune costs the model elsewhere."""
+    path = bundled_data_dir() / "neutral.jsonl"
+    if not path.is_file():
+        raise DataError(f"Neutral text not found at {path}: it ships with the polineurons source checkout.")
+    return [
+        (_text_field(r, "prompt", f"{path}:{n}"), _text_field(r, "response", f"{path}:{n}"))
+        for n, r in _records(path, False, [0])
+    ]
 
 
 # ---- our JSONL schema ------------------------------------------------------------------------------
@@ -182,7 +211,6 @@ def _item_from_record(record: Mapping[str, Any], where: str, fallback_id: str) -
 
 def _fill_splits(items: list[StanceItem], source: str, eval_size: int, seed: int) -> list[StanceItem]:
     """Give items without a split a seeded per-topic train/eval split; refuse an empty list."""
-    from dataclasses import replace
 
     if not items:
         raise DataError(f"{source}: no stance items.")
@@ -227,7 +255,12 @@ def _finish(items, statements, source: str, skipped: int) -> StanceDataset:
 
 
 def load_ideoinst(
-    folder: str | os.PathLike, *, eval_size: int = 20, seed: int = 0, skip_bad_lines: bool = False
+    folder: str | os.PathLike,
+    *,
+    eval_size: int = 20,
+    seed: int = 0,
+    skip_bad_lines: bool = False,
+    source: str | None = None,
 ) -> StanceDataset:
     """Read an IDEOINST-style folder: per topic ``{topic}_left.jsonl`` and ``{topic}_right.jsonl``,
     one ``{"prompt": ..., "completion": ...}`` per line, aligned line by line (same prompt).
@@ -267,7 +300,7 @@ def load_ideoinst(
                 continue
             topic_items.append(StanceItem(f"{topic}-{number:04d}", topic, question, left_answer, right_answer, None))
         items.extend(_fill_splits(topic_items, f"{folder} (topic '{topic}')", eval_size, seed))
-    return _finish(items, (), str(folder), skipped[0])
+    return _finish(items, (), source or str(folder), skipped[0])
 
 
 def _ideoinst_rows(file: Path) -> list[tuple[int, dict]]:

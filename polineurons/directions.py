@@ -1,0 +1,88 @@
+"""Residual-stream directions for the mitigations, and their random controls.
+
+- :func:`leaning_directions`: on the BASE model, per layer, the mean residual stream over answer
+  tokens of right-leaning minus left-leaning answers on the OTHER topics' training items — the
+  direction a spill-over would travel along — optionally with the target topic's own direction
+  projected out, so that ablating it spares the target shift. Unit vectors.
+- :func:`difference_pcs`: the top principal components of (fine-tuned − base) residual activations
+  on some sequences (CAFT's choice of directions).
+- :func:`random_subspace` and :func:`random_like`: controls with the same rank, or the same norm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from polineurons.batching import length_sorted_batches, pad_id_of, pad_right
+from polineurons.data.items import StanceDataset
+from polineurons.hooks import record_residual
+from polineurons.screen import answer_direction
+
+Directions = dict[int, Float[Tensor, "d_model k"]]
+
+
+def leaning_directions(
+    model,
+    dataset: StanceDataset,
+    target: str,
+    layers: Sequence[int],
+    *,
+    orthogonal_to_target: bool = True,
+    max_items: int | None = 32,
+    max_answer_tokens: int | None = 48,
+) -> Directions:
+    """``layer -> [d_model, 1]`` unit leaning direction from the other topics' training answers."""
+    others = [t for t in dataset.topics if t != target]
+    options = {"max_answer_tokens": max_answer_tokens}
+    items = [i for t in others for i in dataset.select(topics=[t], split="train", max_items=max_items).items]
+    general = answer_direction(model, items, layers, **options)
+    if orthogonal_to_target:
+        own = answer_direction(
+            model, dataset.select(topics=[target], split="train", max_items=max_items).items, layers, **options
+        )
+        own = own / own.norm(dim=-1, keepdim=True)
+        general = general - (general * own).sum(dim=-1, keepdim=True) * own
+    general = general / general.norm(dim=-1, keepdim=True)
+    return {layer: general[k].float()[:, None] for k, layer in enumerate(layers)}
+
+
+def difference_pcs(
+    base, tuned, sequences: Sequence[Sequence[int]], layers: Sequence[int], k: int, *, batch_size: int = 8
+) -> Directions:
+    """``layer -> [d_model, k]``: top-k principal components (uncentred) of the per-token difference
+    of residual streams, fine-tuned minus base, over every real token of ``sequences``."""
+    d_model = int(base.cfg.d_model)
+    grams = {layer: torch.zeros(d_model, d_model, dtype=torch.float64) for layer in layers}
+    for indices in length_sorted_batches([len(s) for s in sequences], batch_size):
+        tokens, mask = pad_right([sequences[i] for i in indices], pad_id_of(base))
+        tokens, mask = tokens.to(base.cfg.device), mask.to(base.cfg.device)
+        with torch.no_grad(), record_residual(base, layers) as before:
+            base(tokens, attention_mask=mask)
+        before = dict(before)
+        with torch.no_grad(), record_residual(tuned, layers) as after:
+            tuned(tokens, attention_mask=mask)
+        for layer in layers:
+            diff = (after[layer] - before[layer])[mask.bool()].double().cpu()  # [tokens, d_model]
+            grams[layer] += diff.T @ diff
+    return {layer: torch.linalg.eigh(gram).eigenvectors[:, -k:].flip(-1).float() for layer, gram in grams.items()}
+
+
+def random_subspace(d_model: int, k: int, seed: int) -> Float[Tensor, "d_model k"]:
+    """A uniformly random orthonormal basis of a k-dimensional subspace (QR of a Gaussian matrix)."""
+    generator = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d_model, k, generator=generator, dtype=torch.float64))
+    return q.float()
+
+
+def random_like(directions: Directions, seed: int) -> Directions:
+    """A random orthonormal subspace of the same rank at each of the same layers."""
+    return {layer: random_subspace(q.shape[0], q.shape[1], seed + layer) for layer, q in directions.items()}
+
+
+def random_vector(vector: Float[Tensor, " d_model"], seed: int) -> Float[Tensor, " d_model"]:
+    """A uniformly random direction with the same norm as ``vector``."""
+    return random_subspace(vector.shape[0], 1, seed)[:, 0] * vector.norm()
