@@ -255,14 +255,19 @@ def _check_out_dir(out: Path) -> None:
         raise RunError(f"Cannot write to the run folder {out}: {error}") from error
 
 
-def _validate(config: RunConfig) -> tuple[StanceDataset, dict[str, StanceDataset]]:
-    """Load the data and check the model name, so bad input fails before any work."""
+def load_inputs(config: RunConfig) -> tuple[StanceDataset, dict[str, StanceDataset]]:
+    """The training data and each check data set; a bad data name or model name fails here, as a
+    :class:`RunError`, before any work."""
     try:
-        dataset = load_data(config.data)
         checks = {name: load_data(name) for name in config.check_data}
         resolve_model_path(config.model)
+        return load_data(config.data), checks
     except (DataError, LookupError) as error:
         raise RunError(str(error)) from error
+
+
+def _validate(config: RunConfig) -> tuple[StanceDataset, dict[str, StanceDataset]]:
+    dataset, checks = load_inputs(config)
     if config.target not in dataset.topics:
         raise RunError(
             f"Unknown target topic '{config.target}'; topics in {dataset.source}: {', '.join(dataset.topics)}."

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Literal
 
 from polineurons.config import RunConfig, RunError
-from polineurons.data import load_data
-from polineurons.data.items import DataError
+from polineurons.experiment import load_inputs
 from polineurons.generalization import compare, seed_headlines
 from polineurons.io import read_json, write_json
-from polineurons.models import load_model, resolve_model_path
+from polineurons.models import load_model
 from polineurons.stance import StanceResult, measure_stance
 from polineurons.trial import TrialSpec, run_trial
 from polineurons.versions import library_versions
@@ -63,12 +62,7 @@ def run_matrix(
 ) -> dict:
     """Every cell of the matrix into ``out_dir`` (resumable); returns ``matrix.json``'s content."""
     out = Path(out_dir)
-    try:
-        dataset = load_data(config.data)
-        checks = {name: load_data(name) for name in config.check_data}
-        resolve_model_path(config.model)
-    except (DataError, LookupError) as error:
-        raise RunError(str(error)) from error
+    dataset, checks = load_inputs(config)
     targets = list(matrix.targets) or dataset.topics
     unknown = [t for t in targets if t not in dataset.topics]
     if unknown:
@@ -81,26 +75,26 @@ def run_matrix(
     def load_base():
         return load_model(config.model, device=device)
 
+    to_score = {"stance": (dataset, config.stance), **{f"check-{n}": (d, config.check) for n, d in checks.items()}}
     base_model = None
-    for name, data, stance_config in [
-        (None, dataset, config.stance),
-        *((n, d, config.check) for n, d in checks.items()),
-    ]:
-        path = out / "base" / ("stance.json" if name is None else f"check-{name}.json")
-        if not path.is_file():
+    for name, (data, stance_config) in to_score.items():  # the base model's stance, once
+        if not (out / "base" / f"{name}.json").is_file():
             base_model = base_model or load_base()
-            write_json(path, measure_stance(base_model, data, stance_config, progress=progress).to_dict())
+            write_json(
+                out / "base" / f"{name}.json",
+                measure_stance(base_model, data, stance_config, progress=progress).to_dict(),
+            )
     del base_model
     base = StanceResult.from_dict(read_json(out / "base" / "stance.json"))
     check_bases = {name: StanceResult.from_dict(read_json(out / "base" / f"check-{name}.json")) for name in checks}
-    cells, seed = [], config.finetune.seed
+    header = {"data": dataset.source, "check_data": list(checks), "topics": list(base.topics), "targets": targets}
+    cells = []
     for target in targets:
         for leaning in matrix.leanings:
             began = time.perf_counter()
             spec = TrialSpec(dataset, target, leaning, config.finetune, config.stance, checks, config.check)
-            trial, model = run_trial(
-                spec, load_base, out / "trials" / f"{target}-{leaning}.json", seed=seed, progress=progress
-            )
+            path = out / "trials" / f"{target}-{leaning}.json"
+            trial, model = run_trial(spec, load_base, path, seed=config.finetune.seed, progress=progress)
             echo(
                 f"[{target}, {leaning}] {'trained and scored' if model else 'stored'} "
                 f"in {time.perf_counter() - began:.0f} s"
@@ -117,10 +111,7 @@ def run_matrix(
                 for name in checks
             }
             cells.append(cell)
-            result = {"data": dataset.source, "check_data": list(checks), "topics": list(base.topics)}
-            write_json(
-                out / "matrix.json", {**result, "targets": targets, "leanings": list(matrix.leanings), "cells": cells}
-            )
+            write_json(out / "matrix.json", {**header, "leanings": list(matrix.leanings), "cells": cells})
     return read_json(out / "matrix.json")
 
 

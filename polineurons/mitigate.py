@@ -36,6 +36,7 @@ import numpy as np
 
 from polineurons.data import encode_prompt, encode_text, load_neutral
 from polineurons.directions import difference_pcs, leaning_directions, random_like, random_vector
+from polineurons.errors import UserError
 from polineurons.generalization import leaning_sign
 from polineurons.hooks import (
     AblateDirections,
@@ -174,30 +175,23 @@ class Interventions:
         """The leaning's mean answer difference at the steering layer, pointing the trained way."""
         spec, config = self.spec, self.config
         layer = config.steer_layer if config.steer_layer is not None else int(self.base.cfg.n_layers) // 2
-        items = [
-            i
-            for t in spec.dataset.topics
-            if t != spec.target
-            for i in spec.dataset.select(topics=[t], split="train", max_items=config.items).items
-        ]
-        vector = answer_direction(self.base, items, [layer], max_answer_tokens=48)[0].float()
+        vector = answer_direction(self.base, self._other_items(), [layer], max_answer_tokens=48)[0].float()
         return layer, leaning_sign(spec.leaning) * vector
+
+    def _other_items(self) -> list:
+        """Up to ``items`` training items of every topic but the target."""
+        data, target = self.spec.dataset, self.spec.target
+        others = [t for t in data.topics if t != target]
+        return list(data.select(topics=others, split="train", max_items=self.config.items).items)
 
     def _texts(self, *, others: bool) -> list[list[int]]:
         """Other topics' training questions with both answers (KL texts), or neutral text (its control)."""
         tokenizer = self.base.tokenizer
         if not others:
             return [p + a for p, a in neutral_pairs(tokenizer)]
-        data, config = self.spec.dataset, self.config
-        items = [
-            i
-            for t in data.topics
-            if t != self.spec.target
-            for i in data.select(topics=[t], split="train", max_items=config.items).items
-        ]
         return [
             encode_prompt(tokenizer, i.question) + encode_text(tokenizer, i.answer(side), prompt_start=False)
-            for i in items
+            for i in self._other_items()
             for side in ("left", "right")
         ]
 
@@ -207,7 +201,9 @@ class Interventions:
             return None
         if arm.method in NEURON_METHODS:
             if self.located is None:
-                raise ValueError(f"{arm.method} needs general neurons: a localization (polineurons localize).")
+                raise UserError(
+                    f"{arm.method} needs general neurons: give a `polineurons localize` folder (--neurons)."
+                )
             neurons = self.located.top_general(s * config.percent)  # s = 0: no neuron
             if arm.control:
                 neurons = neurons.random_matched(seed=1000 + seed)
