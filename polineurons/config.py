@@ -59,8 +59,9 @@ class RunConfig:
     check_data: tuple[str, ...] = ("crosscheck",)
     """Independent data sets scored before and after fine-tuning too (never trained on)."""
     # quick: 16 eval items per topic (a CTG of 0.05 stays above its CI) and the first 48 tokens of
-    # each answer; 16 fine-tuning steps (128 of the 216 training items) at twice the default rate
-    stance: StanceConfig = StanceConfig(max_items=16, max_answer_tokens=48)
+    # each answer, 64 of the 160 neutral texts; 16 fine-tuning steps (128 of the 216 training items)
+    # at twice the default rate
+    stance: StanceConfig = StanceConfig(max_items=16, max_answer_tokens=48, neutral_items=64)
     check: StanceConfig = StanceConfig(max_items=16, max_answer_tokens=48)
     finetune: FinetuneConfig = FinetuneConfig(epochs=1, max_steps=16, learning_rate=1e-4)
     localize: LocalizeConfig = LocalizeConfig(max_items=16)
@@ -112,7 +113,7 @@ class RunConfig:
         elif name == "smoke":
             config = replace(
                 config,
-                stance=StanceConfig(max_items=2),
+                stance=StanceConfig(max_items=2, neutral_items=8),
                 check=StanceConfig(max_items=2),
                 finetune=FinetuneConfig(epochs=1, max_steps=2, batch_size=4, max_seq_len=320, learning_rate=1e-3),
                 localize=LocalizeConfig(max_items=2),

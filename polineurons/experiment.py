@@ -93,7 +93,8 @@ class RunContext:
 
     def neutral(self, model) -> dict:
         """The capability check every fine-tune carries: mean log-prob of neutral text."""
-        return {"neutral_logprob": neutral_logprob(model, neutral_pairs(model.tokenizer))}
+        pairs = neutral_pairs(model.tokenizer, self.config.stance.neutral_items)
+        return {"neutral_logprob": neutral_logprob(model, pairs)}
 
     def check_stances(self, model) -> dict[str, StanceResult]:
         return {

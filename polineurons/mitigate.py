@@ -102,8 +102,12 @@ def neutral_logprob(model, pairs: Sequence[tuple[list[int], list[int]]], *, batc
     return float(sums.sum() / counts.sum())
 
 
-def neutral_pairs(tokenizer) -> list[tuple[list[int], list[int]]]:
-    return [(encode_prompt(tokenizer, q), encode_text(tokenizer, a, prompt_start=False)) for q, a in load_neutral()]
+def neutral_pairs(tokenizer, max_items: int | None = None) -> list[tuple[list[int], list[int]]]:
+    """The first ``max_items`` neutral ``(prompt, response)`` pairs as token ids (default: all)."""
+    return [
+        (encode_prompt(tokenizer, q), encode_text(tokenizer, a, prompt_start=False))
+        for q, a in load_neutral()[:max_items]
+    ]
 
 
 @dataclass(frozen=True)
@@ -372,7 +376,7 @@ def run_mitigation(
 
     def measure(model) -> dict:
         if not pairs:
-            pairs.extend(neutral_pairs(model.tokenizer))
+            pairs.extend(neutral_pairs(model.tokenizer, spec.stance.neutral_items))
         return {"neutral_logprob": neutral_logprob(model, pairs)}
 
     vanilla_dir = out / "vanilla-model"

@@ -40,9 +40,12 @@ class StanceConfig:
     """Sequences per forward."""
     max_answer_tokens: int | None = None
     """Score only the first N tokens of each answer (faster; default: all)."""
+    neutral_items: int | None = None
+    """Neutral texts (``data/neutral.jsonl``) in the capability check scored beside the stance of
+    every fine-tune (default: all 160)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_items", "max_answer_tokens"):
+        for name in ("max_items", "max_answer_tokens", "neutral_items"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}.")

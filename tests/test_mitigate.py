@@ -17,6 +17,8 @@ from polineurons.mitigate import (
     Interventions,
     MitigateConfig,
     compare_runs,
+    neutral_logprob,
+    neutral_pairs,
     plan_arms,
     run_mitigation,
     strength_at_kept,
@@ -124,6 +126,18 @@ def test_kl_to_an_identical_base_is_zero(tiny_llama, tiny_cache):
     twin = load_model("tiny-llama", device="cpu", cache=tiny_cache)
     with KLToBase(twin, [row.tolist() for row in tokens], beta=1.0).apply(tiny_llama) as applied:
         assert applied.extra_loss().item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_neutral_check_takes_a_prefix_of_the_neutral_texts(tiny_llama):
+    full = neutral_pairs(tiny_llama.tokenizer)
+    assert len(full) == 160 and neutral_pairs(tiny_llama.tokenizer, 5) == full[:5]
+    # the mean over the first 5 texts is the token-weighted mean of their own log-probs
+    one_by_one = [neutral_logprob(tiny_llama, [pair]) for pair in full[:5]]
+    weights = [len(answer) for _, answer in full[:5]]
+    expected = sum(w * v for w, v in zip(weights, one_by_one, strict=True)) / sum(weights)
+    assert neutral_logprob(tiny_llama, full[:5], batch_size=2) == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match="neutral_items"):
+        StanceConfig(neutral_items=0)
 
 
 def result(shifts):
