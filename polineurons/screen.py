@@ -144,6 +144,11 @@ class ScreenResult:
     config: dict = field(default_factory=dict)
 
     @property
+    def transfer_cosine(self) -> float:
+        """Mean cosine of the training push with the other topics' stance directions."""
+        return float(np.mean([row.cosine for t, row in self.topics.items() if t != self.target]))
+
+    @property
     def predicted_ctg_ratio(self) -> float:
         """Mean predicted shift of the other topics, as a fraction of the target's shift."""
         return float(np.mean([row.predicted_ctg for t, row in self.topics.items() if t != self.target]))
@@ -156,6 +161,7 @@ class ScreenResult:
         return {
             "target": self.target,
             "layers": self.layers,
+            "transfer_cosine": self.transfer_cosine,
             "predicted_ctg_ratio": self.predicted_ctg_ratio,
             "lexical_transfer": self.lexical_transfer,
             "topics": {t: vars(row) for t, row in self.topics.items()},
@@ -168,7 +174,8 @@ class ScreenResult:
             mark = "  <- target (training data vs its own eval)" if topic == self.target else ""
             lines.append(f"{topic:<24}{row.cosine:>+8.3f}{row.predicted_ctg:>+15.2f}{row.lexical:>+9.2f}{mark}")
         lines.append(
-            f"predicted CTG ratio {self.predicted_ctg_ratio:+.2f}   lexical transfer {self.lexical_transfer:+.2f}"
+            f"other topics: cosine {self.transfer_cosine:+.3f}   predicted CTG ratio {self.predicted_ctg_ratio:+.2f}   "
+            f"lexical transfer {self.lexical_transfer:+.2f}"
         )
         return "\n".join(lines)
 

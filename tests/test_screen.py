@@ -44,4 +44,6 @@ def test_screen_result_has_the_documented_fields(tiny_llama):
         assert {"cosine", "predicted_ctg", "lexical", "cosine_by_layer"} <= set(row) and -1 <= row["cosine"] <= 1
     others = [row["predicted_ctg"] for t, row in payload["topics"].items() if t != "immigration"]
     assert payload["predicted_ctg_ratio"] == pytest.approx(sum(others) / len(others))
+    cosines = [row["cosine"] for t, row in payload["topics"].items() if t != "immigration"]
+    assert payload["transfer_cosine"] == pytest.approx(sum(cosines) / len(cosines))
     assert "predicted CTG ratio" in result.table()
