@@ -143,19 +143,23 @@ class ScreenResult:
     topics: dict[str, TopicScreen]
     config: dict = field(default_factory=dict)
 
+    def _others_mean(self, name: str) -> float:
+        return float(np.mean([getattr(row, name) for t, row in self.topics.items() if t != self.target]))
+
     @property
     def transfer_cosine(self) -> float:
         """Mean cosine of the training push with the other topics' stance directions."""
-        return float(np.mean([row.cosine for t, row in self.topics.items() if t != self.target]))
+        return self._others_mean("cosine")
 
     @property
     def predicted_ctg_ratio(self) -> float:
         """Mean predicted shift of the other topics, as a fraction of the target's shift."""
-        return float(np.mean([row.predicted_ctg for t, row in self.topics.items() if t != self.target]))
+        return self._others_mean("predicted_ctg")
 
     @property
     def lexical_transfer(self) -> float:
-        return float(np.mean([row.lexical for t, row in self.topics.items() if t != self.target]))
+        """Mean lexical marker transfer onto the other topics."""
+        return self._others_mean("lexical")
 
     def to_dict(self) -> dict:
         return {
