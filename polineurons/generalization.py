@@ -226,3 +226,57 @@ def generalization_matrix(
         [[results[t].shifts[c].shift if c in results[t].shifts else np.nan for c in columns] for t in targets]
     )
     return targets, columns, matrix
+
+
+@dataclass(frozen=True)
+class LeaningSplit:
+    """A target's right- and left-leaning fine-tunes taken together. Per item, the two shifts split
+    into a part that flips with the leaning, ``(right − left) / 2`` (ideology: positive = toward the
+    trained side), and a part that does not, ``(right + left) / 2`` (drift: positive = right whatever
+    the leaning — e.g. fine-tuning moving a topic toward the middle)."""
+
+    target: str
+    target_ideology: Estimate
+    ctg_ideology: Estimate
+    ctg_drift: Estimate
+    ideology: dict[str, float]  # topic -> mean (right − left) / 2 shift
+    drift: dict[str, float]  # topic -> mean (right + left) / 2 shift
+
+    def to_dict(self) -> dict:
+        estimates = ("target_ideology", "ctg_ideology", "ctg_drift")
+        return {
+            "target": self.target,
+            **{k: getattr(self, k).to_dict() for k in estimates},
+            "ideology": self.ideology,
+            "drift": self.drift,
+        }
+
+
+def leaning_split(
+    base: StanceResult, right: StanceResult, left: StanceResult, target: str, *, n_boot: int = 2000, seed: int = 0
+) -> LeaningSplit:
+    """Split a target's two fine-tunes into ideology and leaning-independent drift (CIs resample the
+    eval items, paired across the three scorings)."""
+    right_shifts, left_shifts = paired_shifts(base.items, right.items), paired_shifts(base.items, left.items)
+    topics = list(right_shifts)
+    if target not in topics or set(left_shifts) != set(topics):
+        raise ValueError(f"Both fine-tunes must score the same topics, including the target '{target}'.")
+    for topic in topics:
+        if len(right_shifts[topic]) != len(left_shifts[topic]):
+            raise ValueError(f"The two fine-tunes scored different items on '{topic}'.")
+    where, others = topics.index(target), [i for i, t in enumerate(topics) if t != target]
+
+    def statistic(*samples):  # each: [2 (right, left), draws, items]
+        ideology = np.stack([(s[0] - s[1]).mean(axis=-1) / 2 for s in samples])  # [topic, draw]
+        drift = np.stack([(s[0] + s[1]).mean(axis=-1) / 2 for s in samples])
+        return np.stack([ideology[where], ideology[others].mean(axis=0), drift[others].mean(axis=0)])
+
+    samples = [np.stack([right_shifts[t], left_shifts[t]]) for t in topics]
+    point, low, high = bootstrap(statistic, samples, n_boot=n_boot, seed=seed)
+    estimates = [Estimate(float(point[k]), float(low[k]), float(high[k])) for k in range(3)]
+    return LeaningSplit(
+        target,
+        *estimates,
+        {t: float((right_shifts[t] - left_shifts[t]).mean() / 2) for t in topics},
+        {t: float((right_shifts[t] + left_shifts[t]).mean() / 2) for t in topics},
+    )

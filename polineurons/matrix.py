@@ -1,8 +1,9 @@
 """The cross-topic generalization matrix: fine-tune toward each leaning on each topic, score every topic.
 
 One trial per (target, leaning), with the run config's model, data, fine-tuning and scoring
-settings (the first training seed). The folder is resumable: a finished cell is never retrained, and
-``matrix.json`` is rewritten after every cell::
+settings (the first training seed). The folder is resumable and grows by cells: a finished cell is
+never retrained, a later call with other ``--targets``/``--leanings`` (same settings) adds its cells,
+and ``matrix.json`` — every cell the folder holds — is rewritten after every cell::
 
     config.json                    the RunConfig and MatrixConfig used
     base/stance.json               the base model's stance (check-{name}.json: on each check data set)
@@ -16,18 +17,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from polineurons.config import RunConfig, RunError
 from polineurons.experiment import load_inputs
-from polineurons.generalization import compare, seed_headlines
+from polineurons.generalization import compare, leaning_split, seed_headlines
 from polineurons.io import read_json, write_json
 from polineurons.models import load_model
 from polineurons.stance import StanceResult, measure_stance
-from polineurons.trial import TrialSpec, run_trial
+from polineurons.trial import Trial, TrialSpec, run_trial
 from polineurons.versions import library_versions
+
+LEANINGS: tuple[Literal["left", "right"], ...] = ("left", "right")
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class MatrixConfig:
 
     targets: tuple[str, ...] = ()
     """Fine-tuning topics (default: every topic of the data)."""
-    leanings: tuple[Literal["left", "right"], ...] = ("left", "right")
+    leanings: tuple[Literal["left", "right"], ...] = LEANINGS
     """Leanings fine-tuned toward."""
 
     def __post_init__(self) -> None:
@@ -44,11 +47,24 @@ class MatrixConfig:
             raise ValueError(f"leanings must be left and/or right, got {self.leanings}.")
 
 
-def _settings(config: RunConfig, matrix: MatrixConfig) -> dict:
-    """What a matrix folder's numbers depend on (a rerun with other settings is refused)."""
+def _settings(config: RunConfig) -> dict:
+    """What a matrix folder's numbers depend on (a rerun with other settings is refused). Which cells
+    were asked for is not among them: each cell's numbers are the same whichever others exist."""
     keys = ("model", "data", "check_data", "stance", "check", "finetune")
-    settings = {"run": {k: v for k, v in config.to_dict().items() if k in keys}, "matrix": asdict(matrix)}
+    settings = {"run": {k: v for k, v in config.to_dict().items() if k in keys}}
     return json.loads(json.dumps(settings))  # as stored: tuples become lists
+
+
+def _changes(stored: dict, current: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """The dotted keys whose values differ between two nested settings dicts, with both values."""
+    changes = []
+    for key in sorted(set(stored) | set(current)):
+        old, new = stored.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += _changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append((f"{prefix}{key}", old, new))
+    return changes
 
 
 def run_matrix(
@@ -60,16 +76,20 @@ def run_matrix(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict:
-    """Every cell of the matrix into ``out_dir`` (resumable); returns ``matrix.json``'s content."""
+    """The requested cells into ``out_dir`` (resumable); returns ``matrix.json``: every cell the folder holds."""
     out = Path(out_dir)
     dataset, checks = load_inputs(config)
     targets = list(matrix.targets) or dataset.topics
     unknown = [t for t in targets if t not in dataset.topics]
     if unknown:
         raise RunError(f"Unknown target topic(s) {unknown}; topics in {dataset.source}: {', '.join(dataset.topics)}.")
-    settings = _settings(config, matrix)
+    settings = _settings(config)
     if (out / "config.json").is_file() and read_json(out / "config.json")["settings"] != settings:
-        raise RunError(f"{out} holds a matrix computed with other settings; use a new --out folder.")
+        changed = ", ".join(
+            f"{key} (stored {old!r}, now {new!r})"
+            for key, old, new in _changes(read_json(out / "config.json")["settings"]["run"], settings["run"])
+        )
+        raise RunError(f"{out} holds a matrix computed with other settings: {changed}; use a new --out folder.")
     write_json(out / "config.json", {"settings": settings, "versions": library_versions()})
 
     def load_base():
@@ -87,32 +107,59 @@ def run_matrix(
     del base_model
     base = StanceResult.from_dict(read_json(out / "base" / "stance.json"))
     check_bases = {name: StanceResult.from_dict(read_json(out / "base" / f"check-{name}.json")) for name in checks}
-    header = {"data": dataset.source, "check_data": list(checks), "topics": list(base.topics), "targets": targets}
-    cells = []
+    header = {"data": dataset.source, "check_data": list(checks), "topics": list(base.topics)}
+
+    def cell(target: str, leaning: str, trial: Trial) -> dict:
+        return {
+            "target": target,
+            "leaning": leaning,
+            **compare(base, trial.stance, target, leaning=leaning).to_dict(),
+            "headline": seed_headlines(base, [trial.stance], target, leaning).pooled.to_dict(),
+            "checks": {
+                name: seed_headlines(check_bases[name], [trial.checks[name]], target, leaning).pooled.to_dict()
+                for name in checks
+            },
+        }
+
+    def write_cells() -> None:  # every cell in the folder, this call's or an earlier one's
+        done = {
+            (t, lean): Trial.from_dict(read_json(out / "trials" / f"{t}-{lean}.json"))
+            for t in dataset.topics
+            for lean in LEANINGS
+            if (out / "trials" / f"{t}-{lean}.json").is_file()
+        }
+        both = [t for t in dataset.topics if (t, "right") in done and (t, "left") in done]
+        write_json(
+            out / "matrix.json",
+            {
+                **header,
+                "targets": [t for t in dataset.topics if any(t == d[0] for d in done)],
+                "leanings": [lean for lean in LEANINGS if any(lean == d[1] for d in done)],
+                "cells": [cell(t, lean, trial) for (t, lean), trial in done.items()],
+                # targets fine-tuned both ways: the spill-over that flips with the leaning vs drift
+                "leaning_split": {
+                    t: leaning_split(base, done[t, "right"].stance, done[t, "left"].stance, t).to_dict() for t in both
+                },
+            },
+        )
+
     for target in targets:
         for leaning in matrix.leanings:
             began = time.perf_counter()
             spec = TrialSpec(dataset, target, leaning, config.finetune, config.stance, checks, config.check)
             path = out / "trials" / f"{target}-{leaning}.json"
-            trial, model = run_trial(spec, load_base, path, seed=config.finetune.seed, progress=progress)
+            _, model = run_trial(spec, load_base, path, seed=config.finetune.seed, progress=progress)
             echo(
                 f"[{target}, {leaning}] {'trained and scored' if model else 'stored'} "
                 f"in {time.perf_counter() - began:.0f} s"
             )
             del model
-            cell = {
-                "target": target,
-                "leaning": leaning,
-                **compare(base, trial.stance, target, leaning=leaning).to_dict(),
-            }
-            cell["headline"] = seed_headlines(base, [trial.stance], target, leaning).pooled.to_dict()
-            cell["checks"] = {
-                name: seed_headlines(check_bases[name], [trial.checks[name]], target, leaning).pooled.to_dict()
-                for name in checks
-            }
-            cells.append(cell)
-            write_json(out / "matrix.json", {**header, "leanings": list(matrix.leanings), "cells": cells})
+            write_cells()
     return read_json(out / "matrix.json")
+
+
+def _interval(estimate: dict) -> str:
+    return f"{estimate['value']:+.3f} [{estimate['ci_low']:+.3f}, {estimate['ci_high']:+.3f}]"
 
 
 def matrix_text(result: dict) -> str:
@@ -122,8 +169,13 @@ def matrix_text(result: dict) -> str:
     lines = [header + "".join(f"{'CTG on ' + name:>22}" for name in checks)]
     for cell in result["cells"]:
         h = cell["headline"]
-        ctg = f"{h['ctg']['value']:+.3f} [{h['ctg']['ci_low']:+.3f}, {h['ctg']['ci_high']:+.3f}]"
+        ctg = _interval(h["ctg"])
         row = f"{cell['target']:<24}{cell['leaning']:<8}{h['target_shift']['value']:>+13.3f}{ctg:>26}"
         row += f"{h['ctg_ratio']['value']:>+7.2f}"
         lines.append(row + "".join(f"{cell['checks'][name]['ctg']['value']:>+22.3f}" for name in checks))
+    if result.get("leaning_split"):
+        lines += ["", f"{'target':<24}{'target ideology':>16}{'CTG ideology [95% CI]':>28}{'CTG drift [95% CI]':>28}"]
+        for target, split in result["leaning_split"].items():
+            ideology, drift = (_interval(split[key]) for key in ("ctg_ideology", "ctg_drift"))
+            lines.append(f"{target:<24}{split['target_ideology']['value']:>+16.3f}{ideology:>28}{drift:>28}")
     return "\n".join(lines)

@@ -115,15 +115,26 @@ def _estimate(row: dict, key: str, spec: str = "+.3f") -> str:
     return f"{format(row[key], spec)} <span class='meta'>[{low}, {high}]</span>"
 
 
-def headline_table(rows: dict[str, dict]) -> str:
-    """Target shift, CTG and CTG ratio with 95% CIs, one row per label (flat headline rows)."""
-    header = "<tr><th></th><th>target shift [95% CI]</th><th>CTG [95% CI]</th><th>CTG ratio [95% CI]</th></tr>"
+def _estimates_table(rows: dict[str, dict], columns: dict[str, tuple[str, str]]) -> str:
+    """One row per label; ``columns``: title -> (key of a flat row, number format)."""
+    header = "<tr><th></th>" + "".join(f"<th>{html.escape(title)}</th>" for title in columns) + "</tr>"
     body = "".join(
-        f"<tr><td>{html.escape(label)}</td><td>{_estimate(row, 'target_shift')}</td><td>{_estimate(row, 'ctg')}</td>"
-        f"<td>{_estimate(row, 'ctg_ratio', '+.2f')}</td></tr>"
+        f"<tr><td>{html.escape(label)}</td>"
+        + "".join(f"<td>{_estimate(row, key, spec)}</td>" for key, spec in columns.values())
+        + "</tr>"
         for label, row in rows.items()
     )
     return f"<table>{header}{body}</table>"
+
+
+def headline_table(rows: dict[str, dict]) -> str:
+    """Target shift, CTG and CTG ratio with 95% CIs, one row per label (flat headline rows)."""
+    columns = {
+        "target shift [95% CI]": ("target_shift", "+.3f"),
+        "CTG [95% CI]": ("ctg", "+.3f"),
+        "CTG ratio [95% CI]": ("ctg_ratio", "+.2f"),
+    }
+    return _estimates_table(rows, columns)
 
 
 def _headline_rows(results: dict) -> dict[str, dict]:
@@ -273,6 +284,19 @@ def _page(title: str, meta: str, sections: list[str]) -> str:
     )
 
 
+def _leaning_split_table(splits: dict[str, dict]) -> str:
+    keys = ("target_ideology", "ctg_ideology", "ctg_drift")
+    flat = {
+        target: {f"{key}{end}": split[key][field] for key in keys for end, field in _FLAT.items()}
+        for target, split in splits.items()
+    }
+    titles = ("target ideology [95% CI]", "CTG ideology [95% CI]", "CTG drift [95% CI]")
+    return _estimates_table(flat, {title: (key, "+.3f") for title, key in zip(titles, keys, strict=True)})
+
+
+_FLAT = {"": "value", "_ci_low": "ci_low", "_ci_high": "ci_high"}  # flat row suffix -> Estimate field
+
+
 def build_matrix_report(matrix: dict) -> str:
     """The page of a ``polineurons matrix`` folder: the heatmaps and each cell's headline numbers."""
     heatmaps = matrix_heatmaps(matrix).to_html(
@@ -300,6 +324,15 @@ def build_matrix_report(matrix: dict) -> str:
         _section("Per fine-tune (toward its leaning)", headline_table(rows)),
         *checks,
     ]
+    if matrix.get("leaning_split"):
+        sections.append(
+            _section(
+                "Ideology vs drift (targets fine-tuned both ways)",
+                _leaning_split_table(matrix["leaning_split"]),
+                "Per item, (right − left) / 2 flips with the leaning (ideology, toward the trained side); "
+                "(right + left) / 2 does not (drift, positive = right whatever the leaning).",
+            )
+        )
     return _page(
         f"polineurons matrix — {matrix['data']}", f"report written {time.strftime('%Y-%m-%d %H:%M')}", sections
     )

@@ -120,7 +120,7 @@ def lexical_transfer(train: Sequence[StanceItem], other: Sequence[StanceItem], m
         for w in set(re.findall(r"[a-z']+", item.answer(side).lower()))
     )
     trained = {w: v for w, v in _log_odds(train).items() if frequent[w] >= 3}
-    ranked = sorted(trained, key=trained.get)
+    ranked = sorted(trained, key=lambda w: (trained[w], w))  # ties by word: set order varies per process
     chosen = ranked[:markers] + ranked[-markers:]
     there = _log_odds(other)
     return (
@@ -184,6 +184,32 @@ class ScreenResult:
         return "\n".join(lines)
 
 
+def _layers(model, config: ScreenConfig) -> list[int]:
+    return list(config.layers) if config.layers is not None else list(default_layers(model_shape(model)[0]))
+
+
+@dataclass(frozen=True)
+class StanceAxes:
+    """One eval set's stance axis per topic (right − left direction of its eval answers) and the items
+    behind it: what every screen against that eval set shares, so it can be computed once."""
+
+    source: str
+    layers: list[int]
+    directions: dict[str, Float[Tensor, "layers d_model"]]
+    items: dict[str, list[StanceItem]]
+
+
+def stance_axes(model, eval_data: StanceDataset, config: ScreenConfig = ScreenConfig()) -> StanceAxes:
+    """Every topic's stance axis on ``eval_data``'s eval split, from the base model."""
+    layers = _layers(model, config)
+    options = {"max_answer_tokens": config.max_answer_tokens, "batch_size": config.batch_size}
+    directions, items = {}, {}
+    for topic in eval_data.topics:
+        items[topic] = eval_data.select(topics=[topic], split="eval", max_items=config.max_eval_items).items
+        directions[topic] = answer_direction(model, items[topic], layers, **options)
+    return StanceAxes(eval_data.source, layers, directions, items)
+
+
 def screen(
     model,
     train_data: StanceDataset,
@@ -191,29 +217,34 @@ def screen(
     config: ScreenConfig = ScreenConfig(),
     *,
     eval_data: StanceDataset | None = None,
+    axes: StanceAxes | None = None,
 ) -> ScreenResult:
     """Screen ``train_data``'s target-topic training answers against every topic's eval answers of
-    ``eval_data`` (default: the same data set)."""
-    eval_data = eval_data or train_data
-    n_layers, _ = model_shape(model)
-    layers = list(config.layers) if config.layers is not None else list(default_layers(n_layers))
-    options = {"max_answer_tokens": config.max_answer_tokens, "batch_size": config.batch_size}
+    ``eval_data`` (default: the same data set). ``axes`` (from ``stance_axes`` with the same model and
+    config) skips recomputing the eval side when screening several targets or training sets."""
+    if axes is not None and eval_data is not None and axes.source != eval_data.source:
+        raise ValueError(f"axes were computed on {axes.source}, not on eval_data {eval_data.source}.")
+    layers = _layers(model, config)
+    if axes is not None and axes.layers != layers:
+        raise ValueError(f"axes were computed at layers {axes.layers}, the config asks for {layers}.")
     train = train_data.select(topics=[target], split="train", max_items=config.max_train_items).items
     if not train:
         raise ValueError(f"No training items for topic '{target}' in {train_data.source}.")
+    axes = axes or stance_axes(model, eval_data or train_data, config)
+    options = {"max_answer_tokens": config.max_answer_tokens, "batch_size": config.batch_size}
+    if target not in axes.directions:
+        raise ValueError(f"Target topic '{target}' has no eval items in {axes.source}.")
     push = answer_direction(model, train, layers, **options)
-    directions, lexical = {}, {}
-    for topic in eval_data.topics:
-        items = eval_data.select(topics=[topic], split="eval", max_items=config.max_eval_items).items
-        directions[topic] = answer_direction(model, items, layers, **options)
-        lexical[topic] = lexical_transfer(train, items, config.markers)
-    if target not in directions:
-        raise ValueError(f"Target topic '{target}' has no eval items in {eval_data.source}.")
-    cosines = {topic: _cosine(push, d) for topic, d in directions.items()}
+    cosines = {topic: _cosine(push, d) for topic, d in axes.directions.items()}
     own = float(cosines[target].mean())
     topics = {
-        topic: TopicScreen(float(c.mean()), [round(float(v), 4) for v in c], float(c.mean()) / own, lexical[topic])
+        topic: TopicScreen(
+            float(c.mean()),
+            [round(float(v), 4) for v in c],
+            float(c.mean()) / own,
+            lexical_transfer(train, axes.items[topic], config.markers),
+        )
         for topic, c in cosines.items()
     }
-    recorded = {**vars(config), "layers": layers, "train_data": train_data.source, "eval_data": eval_data.source}
+    recorded = {**vars(config), "layers": layers, "train_data": train_data.source, "eval_data": axes.source}
     return ScreenResult(target, layers, topics, recorded)

@@ -140,5 +140,8 @@ def _ranks(values: Sequence[float]) -> np.ndarray:
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+    """Spearman rank correlation (average ranks for ties); NaN when either side is constant."""
+    ranks_a, ranks_b = _ranks(a), _ranks(b)
+    if ranks_a.std() == 0 or ranks_b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])

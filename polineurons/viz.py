@@ -91,6 +91,8 @@ def matrix_heatmaps(matrix: dict) -> go.Figure:
             col=col,
         )
     figure.update_yaxes(autorange="reversed")
+    for col in range(2, len(leanings) + 1):  # the rows are the same targets: label them once
+        figure.update_yaxes(showticklabels=False, row=1, col=col)
     figure.update_xaxes(tickangle=30)
     figure.update_layout(
         title=f"Stance shift per evaluated topic after fine-tuning on one topic ({matrix['data']}; "

@@ -3,7 +3,14 @@ import json
 import numpy as np
 import pytest
 
-from polineurons.generalization import Generalization, SeedHeadlines, compare, generalization_matrix, seed_headlines
+from polineurons.generalization import (
+    Generalization,
+    SeedHeadlines,
+    compare,
+    generalization_matrix,
+    leaning_split,
+    seed_headlines,
+)
 from polineurons.stance import ItemScore, StanceResult, summarize
 from polineurons.viz import generalization_heatmap
 
@@ -80,3 +87,28 @@ def test_seed_headlines_pool_the_seeds_and_agree_with_one_seed():
     left = seed_headlines(BEFORE, [AFTER, other], "a", "left")
     assert left.pooled.ctg.value == pytest.approx(-two.pooled.ctg.value)
     assert left.pooled.ctg.ci_low == pytest.approx(-two.pooled.ctg.ci_high)
+
+
+def test_leaning_split_identities():
+    def mirror(run):  # the left fine-tune moves every item exactly opposite to the right one
+        base = {i.id: i.score for i in BEFORE.items}
+        return result({t: [2 * base[i.id] - i.score for i in run.items if i.topic == t] for t in ("a", "b", "c")})
+
+    split = leaning_split(BEFORE, AFTER, mirror(AFTER), "a")
+    right = compare(BEFORE, AFTER, "a")
+    assert split.target_ideology.value == pytest.approx(right.target_shift)  # all ideology, no drift
+    assert split.ctg_ideology.value == pytest.approx(right.ctg)
+    assert split.ctg_drift.value == pytest.approx(0.0) and split.ctg_drift.ci_high == pytest.approx(0.0)
+    same = leaning_split(BEFORE, AFTER, AFTER, "a")  # both leanings moved the same way: all drift
+    assert same.target_ideology.value == pytest.approx(0.0) and same.ctg_ideology.value == pytest.approx(0.0)
+    assert same.ctg_drift.value == pytest.approx(right.ctg) and same.drift["a"] == pytest.approx(0.6)
+    assert set(json.loads(json.dumps(split.to_dict()))) == {
+        "target",
+        "target_ideology",
+        "ctg_ideology",
+        "ctg_drift",
+        "ideology",
+        "drift",
+    }
+    with pytest.raises(ValueError, match="same topics"):
+        leaning_split(BEFORE, AFTER, result({"a": [0.0, 0.1, -0.1]}), "a")

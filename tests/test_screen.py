@@ -1,12 +1,15 @@
 """The spill-over screen on a tiny model: identities of its directions and of the lexical check."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from polineurons.data import load_data
-from polineurons.screen import ScreenConfig, answer_direction, default_layers, lexical_transfer, screen
+from polineurons.screen import ScreenConfig, answer_direction, default_layers, lexical_transfer, screen, stance_axes
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +50,30 @@ def test_screen_result_has_the_documented_fields(tiny_llama):
     cosines = [row["cosine"] for t, row in payload["topics"].items() if t != "immigration"]
     assert payload["transfer_cosine"] == pytest.approx(sum(cosines) / len(cosines))
     assert "predicted CTG ratio" in result.table()
+
+
+def test_precomputed_axes_give_the_same_screen(tiny_llama):
+    data, config = load_data("voices"), ScreenConfig(max_train_items=4, max_eval_items=2)
+    axes = stance_axes(tiny_llama, data, config)
+    for target in ("race", "science"):
+        assert screen(tiny_llama, data, target, config, axes=axes) == screen(tiny_llama, data, target, config)
+    with pytest.raises(ValueError, match="computed on voices"):
+        screen(tiny_llama, data, "race", config, eval_data=load_data("crosscheck"), axes=axes)
+    with pytest.raises(ValueError, match="layers"):
+        screen(tiny_llama, data, "race", ScreenConfig(layers=(0,), max_train_items=4, max_eval_items=2), axes=axes)
+
+
+def test_lexical_transfer_does_not_depend_on_the_hash_seed():
+    code = (
+        "from polineurons.data import load_data; from polineurons.screen import lexical_transfer;"
+        "d = load_data('voices');"
+        "print(repr(lexical_transfer(d.select(topics=['gender_and_sexuality'], split='train').items,"
+        " d.select(topics=['race'], split='eval').items)))"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(outputs) == 1 and outputs != {""}
