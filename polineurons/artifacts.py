@@ -135,6 +135,10 @@ def headline_fields(headline: Headline) -> dict:
     return fields
 
 
+def _per_seed(headlines: SeedHeadlines) -> list[dict]:
+    return [{"seed": seed, **headline_fields(h)} for seed, h in zip(headlines.seeds, headlines.per_seed, strict=True)]
+
+
 def _topic_scores(stance: StanceResult) -> dict:
     return {t: {"score": s.score, "ci_low": s.ci_low, "ci_high": s.ci_high} for t, s in stance.topics.items()}
 
@@ -168,11 +172,12 @@ def collect_results(run: RunArtifacts) -> dict:
             t: {"shift": s.shift, "ci_low": s.ci_low, "ci_high": s.ci_high} for t, s in g.shifts.items()
         }
         results.update(headline_fields(headlines.pooled))
-        results["per_seed"] = [
-            {"seed": seed, **headline_fields(h)} for seed, h in zip(headlines.seeds, headlines.per_seed, strict=True)
-        ]
+        results["per_seed"] = _per_seed(headlines)
         results["seed_sd"] = headlines.seed_sd
-        results["checks"] = {name: headline_fields(h.pooled) for name, (_, h) in run.checks.items()}
+        results["checks"] = {
+            name: {**headline_fields(h.pooled), "per_seed": _per_seed(h), "seed_sd": h.seed_sd}
+            for name, (_, h) in run.checks.items()
+        }
     if run.localize:
         summary = run.localize["summary"]
         general = summary["general"]

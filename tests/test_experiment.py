@@ -183,6 +183,9 @@ def test_seeds_and_a_left_leaning_run(tiny_env, tmp_path):
     assert [row["seed"] for row in results["per_seed"]] == [0, 1]
     assert results["ctg"] == pytest.approx(sum(row["ctg"] for row in results["per_seed"]) / 2)
     assert results["target_shift"] == pytest.approx(sum(row["target_shift"] for row in results["per_seed"]) / 2)
+    check = results["checks"]["crosscheck"]  # the check data, per seed too
+    assert [row["seed"] for row in check["per_seed"]] == [0, 1] and set(check["seed_sd"]) >= {"ctg"}
+    assert check["ctg"] == pytest.approx(sum(row["ctg"] for row in check["per_seed"]) / 2)
     first = load_run(tmp_path).generalization
     assert first.leaning == "left" and results["per_seed"][0]["target_shift"] == pytest.approx(first.target_shift)
     assert first.target_shift == pytest.approx(-first.shifts["immigration"].shift)
