@@ -84,10 +84,10 @@ def run_matrix(
     if unknown:
         raise RunError(f"Unknown target topic(s) {unknown}; topics in {dataset.source}: {', '.join(dataset.topics)}.")
     settings = _settings(config)
-    if (out / "config.json").is_file() and read_json(out / "config.json")["settings"] != settings:
+    stored = read_json(out / "config.json")["settings"] if (out / "config.json").is_file() else settings
+    if stored != settings:
         changed = ", ".join(
-            f"{key} (stored {old!r}, now {new!r})"
-            for key, old, new in _changes(read_json(out / "config.json")["settings"]["run"], settings["run"])
+            f"{key} (stored {old!r}, now {new!r})" for key, old, new in _changes(stored["run"], settings["run"])
         )
         raise RunError(f"{out} holds a matrix computed with other settings: {changed}; use a new --out folder.")
     write_json(out / "config.json", {"settings": settings, "versions": library_versions()})
@@ -121,40 +121,46 @@ def run_matrix(
             },
         }
 
-    def write_cells() -> None:  # every cell in the folder, this call's or an earlier one's
-        done = {
-            (t, lean): Trial.from_dict(read_json(out / "trials" / f"{t}-{lean}.json"))
-            for t in dataset.topics
-            for lean in LEANINGS
-            if (out / "trials" / f"{t}-{lean}.json").is_file()
-        }
-        both = [t for t in dataset.topics if (t, "right") in done and (t, "left") in done]
-        write_json(
-            out / "matrix.json",
-            {
-                **header,
-                "targets": [t for t in dataset.topics if any(t == d[0] for d in done)],
-                "leanings": [lean for lean in LEANINGS if any(lean == d[1] for d in done)],
-                "cells": [cell(t, lean, trial) for (t, lean), trial in done.items()],
-                # targets fine-tuned both ways: the spill-over that flips with the leaning vs drift
-                "leaning_split": {
-                    t: leaning_split(base, done[t, "right"].stance, done[t, "left"].stance, t).to_dict() for t in both
-                },
-            },
-        )
+    entries: dict[tuple[str, str], dict] = {}  # (target, leaning) -> its matrix.json cell, computed once
+    stances: dict[tuple[str, str], StanceResult] = {}
+    splits: dict[str, dict] = {}  # target fine-tuned both ways -> its leaning split, computed once
 
+    def add(target: str, leaning: str, trial: Trial) -> None:
+        entries[target, leaning], stances[target, leaning] = cell(target, leaning, trial), trial.stance
+        if all((target, lean) in stances for lean in LEANINGS):
+            right, left = stances[target, "right"], stances[target, "left"]
+            splits[target] = leaning_split(base, right, left, target).to_dict()
+
+    def write_matrix() -> None:  # every cell in the folder, this call's or an earlier one's
+        keys = [(t, lean) for t in dataset.topics for lean in LEANINGS if (t, lean) in entries]
+        result = {
+            **header,
+            "targets": [t for t in dataset.topics if any(t == k[0] for k in keys)],
+            "leanings": [lean for lean in LEANINGS if any(lean == k[1] for k in keys)],
+            "cells": [entries[k] for k in keys],
+            # targets fine-tuned both ways: the spill-over that flips with the leaning vs drift
+            "leaning_split": {t: splits[t] for t in dataset.topics if t in splits},
+        }
+        write_json(out / "matrix.json", result)
+
+    for t in dataset.topics:  # cells an earlier call left in the folder
+        for lean in LEANINGS:
+            if (out / "trials" / f"{t}-{lean}.json").is_file():
+                add(t, lean, Trial.from_dict(read_json(out / "trials" / f"{t}-{lean}.json")))
     for target in targets:
         for leaning in matrix.leanings:
             began = time.perf_counter()
             spec = TrialSpec(dataset, target, leaning, config.finetune, config.stance, checks, config.check)
             path = out / "trials" / f"{target}-{leaning}.json"
-            _, model = run_trial(spec, load_base, path, seed=config.finetune.seed, progress=progress)
+            trial, model = run_trial(spec, load_base, path, seed=config.finetune.seed, progress=progress)
             echo(
                 f"[{target}, {leaning}] {'trained and scored' if model else 'stored'} "
                 f"in {time.perf_counter() - began:.0f} s"
             )
             del model
-            write_cells()
+            if (target, leaning) not in entries:
+                add(target, leaning, trial)
+            write_matrix()
     return read_json(out / "matrix.json")
 
 

@@ -284,6 +284,9 @@ def _page(title: str, meta: str, sections: list[str]) -> str:
     )
 
 
+_FLAT = {"": "value", "_ci_low": "ci_low", "_ci_high": "ci_high"}  # flat row suffix -> Estimate field
+
+
 def _leaning_split_table(splits: dict[str, dict]) -> str:
     keys = ("target_ideology", "ctg_ideology", "ctg_drift")
     flat = {
@@ -292,9 +295,6 @@ def _leaning_split_table(splits: dict[str, dict]) -> str:
     }
     titles = ("target ideology [95% CI]", "CTG ideology [95% CI]", "CTG drift [95% CI]")
     return _estimates_table(flat, {title: (key, "+.3f") for title, key in zip(titles, keys, strict=True)})
-
-
-_FLAT = {"": "value", "_ci_low": "ci_low", "_ci_high": "ci_high"}  # flat row suffix -> Estimate field
 
 
 def build_matrix_report(matrix: dict) -> str:

@@ -188,6 +188,12 @@ def _layers(model, config: ScreenConfig) -> list[int]:
     return list(config.layers) if config.layers is not None else list(default_layers(model_shape(model)[0]))
 
 
+def _direction(model, items: Sequence[StanceItem], layers: list[int], config: ScreenConfig) -> Tensor:
+    return answer_direction(
+        model, items, layers, max_answer_tokens=config.max_answer_tokens, batch_size=config.batch_size
+    )
+
+
 @dataclass(frozen=True)
 class StanceAxes:
     """One eval set's stance axis per topic (right − left direction of its eval answers) and the items
@@ -202,11 +208,10 @@ class StanceAxes:
 def stance_axes(model, eval_data: StanceDataset, config: ScreenConfig = ScreenConfig()) -> StanceAxes:
     """Every topic's stance axis on ``eval_data``'s eval split, from the base model."""
     layers = _layers(model, config)
-    options = {"max_answer_tokens": config.max_answer_tokens, "batch_size": config.batch_size}
     directions, items = {}, {}
     for topic in eval_data.topics:
         items[topic] = eval_data.select(topics=[topic], split="eval", max_items=config.max_eval_items).items
-        directions[topic] = answer_direction(model, items[topic], layers, **options)
+        directions[topic] = _direction(model, items[topic], layers, config)
     return StanceAxes(eval_data.source, layers, directions, items)
 
 
@@ -231,10 +236,9 @@ def screen(
     if not train:
         raise ValueError(f"No training items for topic '{target}' in {train_data.source}.")
     axes = axes or stance_axes(model, eval_data or train_data, config)
-    options = {"max_answer_tokens": config.max_answer_tokens, "batch_size": config.batch_size}
     if target not in axes.directions:
         raise ValueError(f"Target topic '{target}' has no eval items in {axes.source}.")
-    push = answer_direction(model, train, layers, **options)
+    push = _direction(model, train, layers, config)
     cosines = {topic: _cosine(push, d) for topic, d in axes.directions.items()}
     own = float(cosines[target].mean())
     topics = {
