@@ -1,12 +1,13 @@
-"""Regenerate the figures of a run, matrix or mitigation folder as static images (PNG, SVG) and HTML, offline.
+"""Regenerate the figures of a study folder as static images (PNG, SVG) and HTML, offline.
 
     .venv/bin/python figures/make_figures.py runs/quick --out figures/quick        # a `polineurons run` folder
     .venv/bin/python figures/make_figures.py runs/matrix --out figures/matrix      # a `polineurons matrix` folder
     .venv/bin/python figures/make_figures.py runs/mitigate --out figures/mitigate  # a `polineurons mitigate` folder
 
 Static export uses kaleido, which drives a Chrome-family browser: Debian's chromium
-(`bash scripts/setup.sh --browser`), never a downloaded one. Only what a run's finished stages allow
-is drawn (stance, generalization, neuron_layers, patching, mitigation).
+(`bash scripts/setup.sh --browser`), never a downloaded one. Everything the folder holds is drawn: a
+run's finished stages (stance, generalization, neuron_layers, patching, mitigation), the matrix
+(matrix.json) and the mitigation frontier (mitigation.json).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import sys
 from pathlib import Path
 
 from polineurons.artifacts import load_run
-from polineurons.config import RunError
+from polineurons.errors import RunError
 from polineurons.io import atomic_path, read_json
-from polineurons.viz import matrix_heatmaps, mitigation_tradeoff, run_figures
+from polineurons.viz import matrix_heatmaps, mitigation_frontier, run_figures
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
@@ -36,14 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=520)
     args = parser.parse_args(argv)
     try:
-        if (args.run_dir / "matrix.json").is_file():
-            figures = {"matrix": matrix_heatmaps(read_json(args.run_dir / "matrix.json"))}
-        elif (args.run_dir / "mitigation.json").is_file():
-            figures = {"mitigation": mitigation_tradeoff(read_json(args.run_dir / "mitigation.json"))}
-        else:
-            figures = run_figures(load_run(args.run_dir))
+        figures = run_figures(load_run(args.run_dir)) if (args.run_dir / "config.json").is_file() else {}
     except RunError as error:
         print(error, file=sys.stderr)
+        return 2
+    if (args.run_dir / "matrix.json").is_file():
+        figures["matrix"] = matrix_heatmaps(read_json(args.run_dir / "matrix.json"))
+    if "mitigation" not in figures and (args.run_dir / "mitigation.json").is_file():
+        figures["mitigation"] = mitigation_frontier(read_json(args.run_dir / "mitigation.json"))
+    if not figures:
+        print(f"{args.run_dir} holds no run, matrix or mitigation results.", file=sys.stderr)
         return 2
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     if formats and not any(shutil.which(b) for b in BROWSERS):

@@ -1,20 +1,21 @@
 """A run folder: where each stage writes, and typed loading of what it wrote.
 
-Layout (every file written atomically)::
+A run folder is a study folder (:mod:`polineurons.study`: ``base/``, ``trials/``, ``models/``, shared
+with ``matrix`` and ``mitigate``) plus the pipeline's own files (every file written atomically)::
 
     config.json                  resolved RunConfig and library versions
     results.json                 headline numbers (:func:`collect_results`), rewritten after each stage
     report.html                  one offline page
-    stages/{stage}.json          marker of a finished stage: its inputs, seconds, versions
+    stages/{stage}.json          marker of a finished stage: its inputs, the study files it used
+                                 (``outputs``: base scores, trials, the kept model), seconds, versions
     stages/{stage}.started.json  a stage in progress (its inputs): an interrupted stage resumes
-    base_stance/stance.json      StanceResult of the base model (check-{name}.json: on check data)
-    finetune/seed{S}.json        one fine-tune per training seed: training log and StanceResults
-    finetune/model/              the first seed's fine-tuned model (+ training_log.json)
     generalization/generalization.json   shifts per seed and pooled headline numbers (+ check data)
     localize/                    PNLAC result (NeuronSets, scores, summary.json) + examples.*
     patch/recovery.json          set patching: recovery per set and topic
-    mitigate/                    mitigation runs (trials/), base.json and mitigation.json
+    mitigation.json              the mitigation frontier over every mitigation trial of the folder
     figures/                     standalone HTML figures
+
+This module reads files only: it imports no training code.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from polineurons.config import RunError
+from polineurons.errors import RunError
 from polineurons.generalization import Generalization, Headline, SeedHeadlines
 from polineurons.io import read_json
 from polineurons.patching import Recovery, recovery_from_dict
@@ -43,30 +44,21 @@ class RunLayout:
     config = property(lambda self: self.root / "config.json")
     results = property(lambda self: self.root / "results.json")
     report = property(lambda self: self.root / "report.html")
-    base_stance = property(lambda self: self.root / "base_stance" / "stance.json")
-    model = property(lambda self: self.root / "finetune" / "model")
-    training_log = property(lambda self: self.root / "finetune" / "model" / "training_log.json")
     generalization = property(lambda self: self.root / "generalization" / "generalization.json")
     localize = property(lambda self: self.root / "localize")
     examples = property(lambda self: self.root / "localize" / "examples.json")
     example_activations = property(lambda self: self.root / "localize" / "examples.safetensors")
     patch = property(lambda self: self.root / "patch" / "recovery.json")
-    mitigate = property(lambda self: self.root / "mitigate")
-    mitigation = property(lambda self: self.root / "mitigate" / "mitigation.json")
+    mitigation = property(lambda self: self.root / "mitigation.json")
     figures = property(lambda self: self.root / "figures")
-
-    def check_base_stance(self, name: str) -> Path:
-        return self.root / "base_stance" / f"check-{name}.json"
-
-    def seed_run(self, seed: int) -> Path:
-        return self.root / "finetune" / f"seed{seed}.json"
 
     def stage_marker(self, stage: str, *, started: bool = False) -> Path:
         return self.root / "stages" / f"{stage}{'.started' if started else ''}.json"
 
     def stage_outputs(self, stage: str) -> list[Path]:
-        """What a stage writes (deleted before it is recomputed)."""
-        return [self.report] if stage == "report" else [self.root / stage]
+        """What a stage writes outside the study's keyed files (deleted before it is recomputed)."""
+        named = {"report": [self.report], "mitigate": [self.mitigation], "base_stance": [], "finetune": []}
+        return named.get(stage, [self.root / stage])
 
 
 @dataclass
@@ -93,6 +85,12 @@ class RunArtifacts:
     def out(self) -> Path:
         return self.layout.root
 
+    @property
+    def model(self) -> Path | None:
+        """The first training seed's fine-tuned model folder (None before the finetune stage)."""
+        kept = self.stages.get("finetune", {}).get("outputs", {}).get("model")
+        return self.layout.root / kept if kept else None
+
 
 def load_run(out_dir: str | Path) -> RunArtifacts:
     """Read a run folder (finished stages only)."""
@@ -104,11 +102,14 @@ def load_run(out_dir: str | Path) -> RunArtifacts:
     def read(stage: str, path: Path) -> dict | None:
         return read_json(path) if stage in stages and path.is_file() else None
 
+    def outputs(stage: str) -> dict:
+        return stages.get(stage, {}).get("outputs", {})
+
     run = RunArtifacts(layout, read_json(layout.config)["config"], stages)
-    if base := read("base_stance", layout.base_stance):
-        run.base_stance = StanceResult.from_dict(base)
-    if "finetune" in stages:
-        run.training = [read_json(path)["training"] for path in sorted((layout.root / "finetune").glob("seed*.json"))]
+    if base := outputs("base_stance").get("stance"):
+        run.base_stance = StanceResult.from_dict(read_json(layout.root / base))
+    if trials := outputs("finetune").get("trials"):
+        run.training = [read_json(layout.root / path)["training"] for path in trials.values()]
     if generalization := read("generalization", layout.generalization):
         run.generalization = Generalization.from_dict(generalization)
         run.finetuned_stance = StanceResult.from_dict(generalization["finetuned_stance"])
@@ -202,8 +203,12 @@ def collect_results(run: RunArtifacts) -> dict:
         }
     if run.mitigation:
         m = run.mitigation
-        results["mitigation"] = {"vanilla": m["vanilla"]["pooled"], "pooled": m["pooled"], "league": m["league"]}
+        results["mitigation"] = {key: m[key] for key in ("vanilla", "frontier", "at_90", "league")}
     return results
+
+
+def _interval(estimate: dict) -> str:
+    return f"{estimate['value']:+.2f} [{estimate['ci_low']:+.2f}, {estimate['ci_high']:+.2f}]"
 
 
 def results_text(results: dict) -> str:
@@ -232,16 +237,16 @@ def results_text(results: dict) -> str:
             f"patching recovery on target: general {fmt(patch['general'])}, "
             f"random {fmt(patch['random_mean'])}, all {fmt(patch['all'])}"
         )
-    for method, rows in results.get("mitigation", {}).get("pooled", {}).items():
-        for row in rows:
-            control = row.get("control")
-            versus = (
-                f"   (control: kept {control['target_kept']:.2f}, ratio {control['ctg_ratio']:+.2f})" if control else ""
-            )
-            lines.append(
-                f"mitigation {method} strength {row['strength']:g}: target kept {row['target_kept']:.2f} "
-                f"[{row['target_kept_ci_low']:.2f}, {row['target_kept_ci_high']:.2f}], "
-                f"CTG ratio {row['ctg_ratio']:+.2f}{versus}"
-            )
+    mitigation = results.get("mitigation", {})
+    for row in mitigation.get("league", []):
+        control = row["control_ctg_reduction"]
+        versus = f" (control {_interval(control)})" if control else ""
+        lines.append(
+            f"mitigation {row['method']}: CTG reduction at 90% of the target kept {_interval(row['ctg_reduction'])}"
+            f" at strength {row['strength']:.3g}{versus}"
+        )
+    for method, at_90 in mitigation.get("at_90", {}).items():
+        if at_90["ctg_reduction"] is None:
+            lines.append(f"mitigation {method}: {at_90['reason']}")
     lines.append(f"stage time {sum(results['stage_seconds'].values()):.0f} s in all")
     return "\n".join(lines)

@@ -6,7 +6,7 @@ Each command is a dataclass of its options; tyro builds the parser from it and f
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -21,14 +21,14 @@ from polineurons.finetune import FinetuneConfig, finetune, training_pairs
 from polineurons.generalization import measure_generalization
 from polineurons.io import write_json
 from polineurons.matrix import MatrixConfig, matrix_text, run_matrix
-from polineurons.mitigate import MitigateConfig, league_text, run_mitigation
+from polineurons.mitigate import league_text, mitigate_folder
 from polineurons.models import EMBEDDED_MODEL, generate_answer, load_model, model_summary
 from polineurons.patching import PatchConfig, patch_experiment, recovery_text
 from polineurons.pnlac import Localization, LocalizeConfig, localize
-from polineurons.report import write_matrix_report, write_report
+from polineurons.report import write_pages
 from polineurons.screen import ScreenConfig, screen
 from polineurons.stance import StanceConfig, measure_stance, measure_statements, topic_table
-from polineurons.trial import TrialSpec
+from polineurons.study import Study
 
 Flat = tyro.conf.arg(name="")  # a nested config's options without a prefix: --top-k, not --config.top-k
 Model = Annotated[str, tyro.conf.arg(aliases=("-m",), help="embedded, tiny-llama, tiny-gemma3, a folder, a hub id.")]
@@ -139,8 +139,9 @@ class Generalization(_OnPair):
 
     def __call__(self) -> None:
         dataset = _dataset(self.data, self.target)
-        options = {"leaning": self.leaning}
-        result, before, after = measure_generalization(*self.models(), dataset, self.target, self.config, **options)
+        result, before, after = measure_generalization(
+            *self.models(), dataset, self.target, self.config, leaning=self.leaning
+        )
         print(result.table())
         report = {"base": self.base, "finetuned": str(self.finetuned), "data": dataset.source, **result.to_dict()}
         _write(self.out, {**report, "base_stance": before.to_dict(), "finetuned_stance": after.to_dict()})
@@ -156,8 +157,7 @@ class Localize(_OnPair):
 
     def __call__(self) -> None:
         located = localize(*self.models(), _dataset(self.data), self.config)
-        located.save(self.out)
-        print(f"{located.describe()}\nsaved to {self.out}")
+        print(f"{located.describe()}\nsaved to {located.save(self.out)}")
 
 
 @dataclass(kw_only=True)
@@ -178,28 +178,22 @@ class Patch(_OnPair):
         _write(self.out, {"base": self.base, "finetuned": str(self.finetuned), "neurons": str(self.neurons), **result})
 
 
-@dataclass(kw_only=True)
-class Mitigate(_OnData):
-    """Fine-tune with each mitigation and its matched random control; compare with vanilla (resumable)."""
+@dataclass
+class Mitigate:
+    """The mitigation frontier: fine-tune with each method at each strength (default: each method's own)
+    and with its matched random control; compare with vanilla. Resumable; a folder grows by methods,
+    strengths and seeds, and a run's folder shares its vanilla fine-tunes and base scores."""
 
-    target: Target
-    out: Annotated[Path, tyro.conf.arg(help="Folder: trials/ and mitigation.json (a finished run is never retrained).")]
+    out: Path
+    """Study folder; mitigation.json and mitigation.html cover every trial in it."""
+    config: Annotated[RunConfig, Flat]
     neurons: Path | None = None
-    """A `polineurons localize` folder: the general neurons of the neuron methods."""
-    base: Base = EMBEDDED_MODEL
-    leaning: Leaning = "right"
-    config: Annotated[MitigateConfig, Flat] = MitigateConfig()
-    seeds: tuple[int, ...] = (0,)
-    finetune: FinetuneConfig = FinetuneConfig()
-    stance: StanceConfig = StanceConfig()
+    """A `polineurons localize` folder for the neuron methods (default: OUT/localize, if any)."""
+    device: Device = None
 
     def __call__(self) -> None:
-        dataset = _dataset(self.data, self.target)
-        located = Localization.load(self.neurons) if self.neurons else None
-        spec = TrialSpec(dataset, self.target, self.leaning, self.finetune, self.stance)
-        load = lambda: load_model(self.base, device=self.device)  # noqa: E731
-        result = run_mitigation(spec, load, self.config, self.out, seeds=self.seeds, located=located, echo=print)
-        print(f"{league_text(result)}\nwrote {self.out / 'mitigation.json'}")
+        result, pages = mitigate_folder(self.out, self.config, neurons=self.neurons, device=self.device)
+        print(f"{league_text(result)}\nwrote {self.out / 'mitigation.json'}; pages: {', '.join(map(str, pages))}")
 
 
 @dataclass(kw_only=True)
@@ -225,14 +219,15 @@ class Matrix:
     """Fine-tune toward each leaning on each topic and score every topic: the cross-topic matrix (resumable)."""
 
     out: Path
-    """Folder: one trial per cell, matrix.json and report.html."""
+    """Study folder: one trial per cell, matrix.json and matrix.html (every cell in it)."""
     config: Annotated[RunConfig, Flat]
     matrix: Annotated[MatrixConfig, Flat] = MatrixConfig()
     device: Device = None
 
     def __call__(self) -> None:
-        result = run_matrix(self.config, self.matrix, self.out, device=self.device)
-        print(f"{matrix_text(result)}\nreport {write_matrix_report(result, self.out / 'report.html')}")
+        with Study.open(self.out, device=self.device) as study:
+            result, pages = run_matrix(study, self.config, self.matrix), write_pages(study.root)
+        print(f"{matrix_text(result)}\npages: {', '.join(map(str, pages))}")
 
 
 @dataclass
@@ -240,10 +235,10 @@ class Run:
     """Every stage, resumable: base stance, fine-tune, generalization, localize, patch, mitigate, figures, report."""
 
     out: Path
-    """Run folder: every stage's artifacts, results.json and report.html."""
+    """Study folder: every stage's artifacts, results.json and report.html."""
     config: Annotated[RunConfig, Flat]
     force: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
-    """Recompute this stage and the stages after it (repeatable)."""
+    """Recompute this stage and the stages that read from it (repeatable)."""
     device: Device = None
 
     def __call__(self) -> None:
@@ -260,12 +255,12 @@ class Run:
 
 @dataclass
 class Report:
-    """Rebuild DIR/report.html from a run folder's artifacts (no model needed)."""
+    """Rebuild a study folder's pages from its files (no model needed): report.html, matrix.html, mitigation.html."""
 
     run_dir: tyro.conf.Positional[Path]
 
     def __call__(self) -> None:
-        print(f"wrote {write_report(load_run(self.run_dir), self.run_dir / 'report.html')}")
+        print(f"wrote {', '.join(map(str, write_pages(self.run_dir)))}")
 
 
 COMMANDS = (Info, Stance, Finetune, Generalization, Localize, Patch, Screen, Mitigate, Run, Matrix, Report)
@@ -280,7 +275,12 @@ def main(argv: list[str] | None = None) -> None:
         preset = RunConfig.from_preset(
             ([a.split("=", 1)[1] for a in argv if a.startswith("--preset=")] + named + ["quick"])[0]
         )
-        defaults = {Run: Run(out=tyro.MISSING, config=preset), Matrix: Matrix(out=tyro.MISSING, config=preset)}
+        frontier = replace(preset, mitigate=replace(preset.mitigate, strengths=()))  # mitigate: each method's own
+        defaults = {
+            Run: Run(tyro.MISSING, preset),
+            Matrix: Matrix(tyro.MISSING, preset),
+            Mitigate: Mitigate(tyro.MISSING, frontier),
+        }
         choices = [Annotated[c, tyro.conf.subcommand(c.__name__.lower(), default=defaults.get(c))] for c in COMMANDS]
         try:
             options = Union[tuple(choices)]  # noqa: UP007 (a Union built at run time)

@@ -13,20 +13,19 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from polineurons.errors import UserError
+from polineurons.data import load_data
+from polineurons.data.items import DataError, StanceDataset
+from polineurons.errors import RunError
 from polineurons.finetune import FinetuneConfig
-from polineurons.mitigate import MitigateConfig
-from polineurons.models import EMBEDDED_MODEL
+from polineurons.methods import MitigateConfig
+from polineurons.models import EMBEDDED_MODEL, resolve_model_path
 from polineurons.patching import PatchConfig
 from polineurons.pnlac import LocalizeConfig
 from polineurons.stance import StanceConfig
+from polineurons.trial import TrialSpec
 
 Preset = Literal["quick", "full", "smoke"]
 PRESETS: tuple[str, ...] = ("quick", "full", "smoke")
-
-
-class RunError(UserError, ValueError):
-    """A run cannot start or continue as asked (bad input, changed configuration, unwritable folder)."""
 
 
 @dataclass(frozen=True)
@@ -58,20 +57,24 @@ class RunConfig:
     """Fine-tunes with training seeds finetune.seed, +1, ...; headline numbers are pooled over them."""
     check_data: tuple[str, ...] = ("crosscheck",)
     """Independent data sets scored before and after fine-tuning too (never trained on)."""
-    # quick: 16 eval items per topic (a CTG of 0.05 stays above its CI) and the first 48 tokens of
-    # each answer, 32 of the 160 neutral texts; 16 fine-tuning steps (128 of the 216 training items)
-    # at twice the default rate
     stance: StanceConfig = StanceConfig(max_items=16, max_answer_tokens=48, neutral_items=32)
+    """Scoring of the data's eval items and the neutral-text check (quick: 16 items per topic, where a CTG
+    of 0.05 stays above its CI; the first 48 answer tokens; 32 of the 160 neutral texts)."""
     check: StanceConfig = StanceConfig(max_items=16, max_answer_tokens=48)
+    """Scoring of each check data set."""
     finetune: FinetuneConfig = FinetuneConfig(epochs=1, max_steps=16, learning_rate=1e-4)
+    """Training (quick: 16 steps, 128 of the 216 training items, at twice the default rate)."""
     localize: LocalizeConfig = LocalizeConfig(max_items=16)
+    """PNLAC."""
     examples: ExamplesConfig = field(default_factory=ExamplesConfig)
-    # 6 items per topic: recovery ratios are noisy (4 were dominated by noise), the full preset has them all
+    """The report's neuron view."""
     patch: PatchConfig = PatchConfig(
         max_items=6, max_answer_tokens=32, random_seeds=1, specific="target", all_neurons=False
     )
-    # CAFT's direction from 16 training items per topic (its estimate takes ~70 s at 32 on a CPU)
-    mitigate: MitigateConfig = MitigateConfig(methods=("caft",), items=16)
+    """Activation patching (quick: 6 items per topic; ratios are noisy, 4 were dominated by noise)."""
+    mitigate: MitigateConfig = MitigateConfig(methods=("caft",), strengths=(0.05,), items=16)
+    """Mitigations (quick: CAFT at 0.05, ~90% of the target kept, its direction from 16 training items per
+    topic; the frontier over every strength: `polineurons mitigate`)."""
 
     def __post_init__(self) -> None:
         if self.leaning not in ("left", "right"):
@@ -108,9 +111,9 @@ class RunConfig:
                 localize=LocalizeConfig(),
                 examples=ExamplesConfig(prompts=3),
                 patch=PatchConfig(),
+                # every method at its own strengths (polineurons.methods)
                 mitigate=MitigateConfig(
-                    methods=("inhibit-zero", "inhibit-freeze", "stopgrad", "caft", "caft-grad", "steer", "kl"),
-                    strengths=(0.25, 0.5, 1.0, 2.0),
+                    methods=("inhibit-zero", "inhibit-freeze", "stopgrad", "caft", "caft-grad", "steer", "kl")
                 ),
             )
         elif name == "smoke":
@@ -122,7 +125,7 @@ class RunConfig:
                 localize=LocalizeConfig(max_items=2),
                 examples=ExamplesConfig(prompts=1, neurons=4),
                 patch=replace(config.patch, max_items=2, max_answer_tokens=8, random_seeds=1, all_neurons=True),
-                mitigate=MitigateConfig(methods=("inhibit-zero", "caft"), items=2),
+                mitigate=MitigateConfig(methods=("inhibit-zero", "caft"), strengths=(1.0,), items=2),
             )
         return config.with_overrides(overrides)
 
@@ -159,3 +162,33 @@ class RunConfig:
             else:
                 flat[section] = value
         return flat
+
+
+def load_inputs(config: RunConfig) -> tuple[StanceDataset, dict[str, StanceDataset]]:
+    """The training data and each check data set; a bad data name or model name fails here, as a
+    :class:`RunError`, before any work."""
+    try:
+        checks = {name: load_data(name) for name in config.check_data}
+        resolve_model_path(config.model)
+        return load_data(config.data), checks
+    except (DataError, LookupError) as error:
+        raise RunError(str(error)) from error
+
+
+def trial_spec(config: RunConfig) -> TrialSpec:
+    """What ``config``'s trials train and how they are scored, from validated inputs: an unknown data
+    set or model, or a target topic missing from the data or a check data set, fails here."""
+    dataset, checks = load_inputs(config)
+    if config.target not in dataset.topics:
+        raise RunError(
+            f"Unknown target topic '{config.target}'; topics in {dataset.source}: {', '.join(dataset.topics)}."
+        )
+    if len(dataset.topics) < 2:
+        raise RunError(f"{dataset.source} has one topic; cross-topic generalization needs at least two.")
+    for name, check in checks.items():
+        if config.target not in check.topics or len(check.topics) < 2:
+            raise RunError(
+                f"Check data {name} needs the topic '{config.target}' and another; it has {', '.join(check.topics)}."
+            )
+    options = (config.finetune, config.stance, checks, config.check, config.model)
+    return TrialSpec(dataset, config.target, config.leaning, *options)

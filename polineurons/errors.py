@@ -12,3 +12,7 @@ class MissingFileError(UserError, FileNotFoundError):
 
 class MissingDependencyError(UserError, ImportError):
     """An optional dependency is not installed; the message says which extra to install."""
+
+
+class RunError(UserError, ValueError):
+    """A run cannot start or continue as asked (bad input, changed configuration, unwritable or busy folder)."""

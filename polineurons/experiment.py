@@ -1,147 +1,134 @@
-"""The end-to-end pipeline as resumable stages writing into one run folder.
+"""The end-to-end pipeline as resumable stages in one study folder (:mod:`polineurons.study`).
 
 Stages, in order (each reads only what the ones before it wrote)::
 
-    base_stance     base model's stance on every topic's eval items (and on each check data set)
-    finetune        per training seed: fine-tune a copy of the base toward a leaning on the target
-                    topic (train split) and score it like the base; the first seed's model is kept
+    base_stance     base model's stance on every topic's eval items (and on each check data set) and
+                    its neutral-text check — the study's base scores
+    finetune        per training seed: fine-tune the base toward a leaning on the target topic (train
+                    split) and score it like the base — one study trial each; the first seed's model is kept
     generalization  shifts, target shift, CTG and CTG ratio per seed and pooled over seeds
     localize        PNLAC: general and topic-specific neurons; activations of the top general
                     neurons on example prompts (for the report's neuron view)
     patch           patch neuron sets (general, specific, layer-matched random, all) into the base
-    mitigate        fine-tune with each mitigation and its random control; compare with vanilla
-                    (the finetune stage's models are the vanilla runs)
+    mitigate        the mitigation comparison (:mod:`polineurons.mitigate`) in the same folder: the
+                    finetune stage's trials are its vanilla runs
     figures         standalone HTML figures
     report          DIR/report.html, one offline page
 
 A stage is finished when its marker ``stages/{stage}.json`` exists; the marker records the settings
-of the config sections the stage reads (its own and its upstream stages'). A rerun skips finished
+the stage's results depend on (its own config sections and its upstream stages'; the model by
+identity, the data by content) and the study files it used (``outputs``). A rerun skips finished
 stages, refuses a changed configuration unless the stage is forced, and ``force`` recomputes a stage
-and everything downstream of it. An interrupted stage resumes: restarted with the same settings, it
-keeps its finished units (each fine-tune with its scores is written at once).
+and the stages that read from it. An interrupted stage resumes: restarted with the same settings, it
+keeps its finished trials.
 """
 
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from polineurons.artifacts import RunLayout, collect_results, load_run
-from polineurons.config import RunConfig, RunError
-from polineurons.data import encode_prompt, load_data
-from polineurons.data.items import DataError, StanceDataset
+from polineurons.config import RunConfig, trial_spec
+from polineurons.data import encode_prompt
+from polineurons.data.items import StanceDataset
+from polineurons.errors import RunError
 from polineurons.generalization import compare, seed_headlines
 from polineurons.hooks import neuron_activations
 from polineurons.io import atomic_path, read_json, write_json
-from polineurons.mitigate import neutral_logprob, neutral_pairs, run_mitigation
-from polineurons.models import load_model, resolve_model_path
+from polineurons.methods import neurons_fingerprint
+from polineurons.mitigate import method_settings, plan_arms, recipe, run_mitigation
+from polineurons.models import load_model
 from polineurons.patching import patch_experiment
 from polineurons.pnlac import Localization, localize
 from polineurons.report import write_report
-from polineurons.stance import StanceResult, measure_stance
-from polineurons.trial import Trial, TrialSpec, run_trial
+from polineurons.stance import StanceResult
+from polineurons.study import Study, as_stored, changed_settings, describe_changes
+from polineurons.trial import TrialSpec
 from polineurons.versions import library_versions
 from polineurons.viz import run_figures
 
 
 @dataclass
 class RunContext:
-    """What the stages share while a run is in progress: the config, the folder, the data and the
-    models (loaded once, lazily)."""
+    """What the stages share while a run is in progress: the config, the open study folder, what its
+    trials train on (``spec``) and the fine-tuned model (loaded once, lazily)."""
 
     config: RunConfig
-    layout: RunLayout
-    dataset: StanceDataset
-    checks: dict[str, StanceDataset]
-    device: str | None = None
-    progress: bool = True
-    _base: object | None = None
+    study: Study
+    spec: TrialSpec
+    replacing: set[str] = field(default_factory=set)  # stages recomputed from scratch (forced or upstream redone)
+    outputs: dict[str, dict] = field(default_factory=dict)  # stage -> the study files it used, for its marker
     _tuned: object | None = None
 
-    def load_base(self):
-        """A fresh copy of the base model (for training, which changes weights)."""
-        return load_model(self.config.model, device=self.device)
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.study.root)
+
+    @property
+    def progress(self) -> bool:
+        return self.study.progress
+
+    @property
+    def dataset(self) -> StanceDataset:
+        return self.spec.dataset
 
     @property
     def base(self):
-        if self._base is None:
-            self._base = self.load_base()
-        return self._base
+        return self.study.base_model(self.config.model)
+
+    def model_dir(self) -> Path:
+        """Where the first training seed's fine-tuned model is kept."""
+        return self.study.model_path(self.study.trial_settings(self.spec, self.config.training_seeds[0]))
 
     @property
     def tuned(self):
         """The first seed's fine-tuned model."""
         if self._tuned is None:
-            self._tuned = load_model(self.layout.model, device=self.device)
+            self._tuned = load_model(self.model_dir(), device=self.study.device)
         return self._tuned
-
-    def stance(self, model) -> StanceResult:
-        return measure_stance(model, self.dataset, self.config.stance, progress=self.progress)
-
-    def spec(self) -> TrialSpec:
-        config = self.config
-        return TrialSpec(
-            self.dataset, config.target, config.leaning, config.finetune, config.stance, self.checks, config.check
-        )
-
-    def neutral(self, model) -> dict:
-        """The capability check every fine-tune carries: mean log-prob of neutral text."""
-        pairs = neutral_pairs(model.tokenizer, self.config.stance.neutral_items)
-        return {"neutral_logprob": neutral_logprob(model, pairs)}
-
-    def check_stances(self, model) -> dict[str, StanceResult]:
-        return {
-            name: measure_stance(model, data, self.config.check, progress=self.progress)
-            for name, data in self.checks.items()
-        }
 
 
 # ---- stages ----------------------------------------------------------------------------------------
 
 
 def _stage_base_stance(ctx: RunContext) -> None:
-    stance = {"model": ctx.config.model, **ctx.stance(ctx.base).to_dict(), **ctx.neutral(ctx.base)}
-    write_json(ctx.layout.base_stance, stance)
-    for name, stance in ctx.check_stances(ctx.base).items():
-        write_json(ctx.layout.check_base_stance(name), stance.to_dict())
+    ctx.study.base_scores(ctx.spec)
+    ctx.outputs["base_stance"] = ctx.study.base_files(ctx.spec)
 
 
 def _stage_finetune(ctx: RunContext) -> None:
     """One trial (fine-tune, then scoring) per training seed; a finished seed is never retrained."""
+    study, spec, trials = ctx.study, ctx.spec, {}
     for i, seed in enumerate(ctx.config.training_seeds):
-        model_dir = ctx.layout.model if i == 0 else None  # the first seed's model is kept for localize and patch
-        options = {"seed": seed, "model_dir": model_dir, "measure": ctx.neutral, "progress": ctx.progress}
-        _, model = run_trial(ctx.spec(), ctx.load_base, ctx.layout.seed_run(seed), **options)
-        if i == 0 and model is not None:
-            ctx._tuned = model  # identical to the saved copy; saves a reload
+        study.trial(spec, seed=seed, keep_model=i == 0)  # the first seed's model is kept for localize and patch
+        trials[str(seed)] = str(study.trial_path(study.trial_settings(spec, seed)).relative_to(study.root))
+    ctx.outputs["finetune"] = {"trials": trials, "model": str(ctx.model_dir().relative_to(study.root))}
 
 
 def _stage_generalization(ctx: RunContext) -> None:
-    config, layout = ctx.config, ctx.layout
+    config, spec = ctx.config, ctx.spec
     options = {"leaning": config.leaning, "seeds": config.training_seeds}
-    trials = [Trial.from_dict(read_json(layout.seed_run(seed))) for seed in config.training_seeds]
+    trials = [ctx.study.stored_trial(spec, seed=seed) for seed in config.training_seeds]
+    base = ctx.study.base_scores(spec)
 
     def summarize(base: StanceResult, tuned: list[StanceResult]) -> dict:
         per_seed = [compare(base, t, config.target, leaning=config.leaning) for t in tuned]
         headlines = seed_headlines(base, tuned, config.target, **options)
         return {**per_seed[0].to_dict(), "headlines": headlines.to_dict(), "per_seed": [g.to_dict() for g in per_seed]}
 
-    result = summarize(StanceResult.from_dict(read_json(layout.base_stance)), [t.stance for t in trials])
+    result = summarize(base.stance, [t.stance for t in trials])
     result["finetuned_stance"] = trials[0].stance.to_dict()
     result["checks"] = {
-        name: summarize(
-            StanceResult.from_dict(read_json(layout.check_base_stance(name))), [t.checks[name] for t in trials]
-        )
-        for name in config.check_data
+        name: summarize(base.checks[name], [t.checks[name] for t in trials]) for name in config.check_data
     }
-    write_json(layout.generalization, result)
+    write_json(ctx.layout.generalization, result)
 
 
 def _stage_localize(ctx: RunContext) -> None:
@@ -177,16 +164,32 @@ def _stage_patch(ctx: RunContext) -> None:
 
 
 def _stage_mitigate(ctx: RunContext) -> None:
-    """The comparison of mitigations; vanilla = the finetune stage's runs, base = the base_stance stage's."""
-    config, layout = ctx.config, ctx.layout
-    base = read_json(layout.base_stance)
-    write_json(layout.mitigate / "base.json", {"stance": base, "neutral_logprob": base["neutral_logprob"]})
-    vanilla = {seed: Trial.from_dict(read_json(layout.seed_run(seed))) for seed in config.training_seeds}
-    located = Localization.load(layout.localize)
-    ctx._base = ctx._tuned = None  # free memory: each run loads its own copy
-    options = {"seeds": config.training_seeds, "located": located, "reuse_vanilla": vanilla, "progress": ctx.progress}
-    spec = replace(ctx.spec(), checks={})  # mitigations are compared on the data's eval split only
-    run_mitigation(spec, ctx.load_base, config.mitigate, layout.mitigate, **options)
+    """The comparison of mitigations in the run's folder; its vanilla runs are the finetune stage's trials."""
+    config = ctx.config
+    located = Localization.load(ctx.layout.localize)
+    ctx._tuned = None  # free memory: each trial loads its own copy
+    options = {"seeds": config.training_seeds, "located": located, "replace_settings": "mitigate" in ctx.replacing}
+    run_mitigation(ctx.study, ctx.spec, config.mitigate, **options)
+
+
+def _forget_base(ctx: RunContext) -> None:
+    ctx.study.forget_base(ctx.spec)
+
+
+def _forget_finetune(ctx: RunContext) -> None:
+    for seed in ctx.config.training_seeds:
+        ctx.study.forget_trial(ctx.spec, seed=seed)
+
+
+def _forget_mitigate(ctx: RunContext) -> None:
+    """This run's mitigation trials (vanilla runs belong to the finetune stage)."""
+    config, spec = ctx.config, ctx.spec
+    located = Localization.load(ctx.layout.localize) if (ctx.layout.localize / "summary.json").is_file() else None
+    neurons = neurons_fingerprint(located)
+    for arm in plan_arms(config.mitigate, config.training_seeds):
+        if arm.method != "vanilla":
+            made = recipe(arm, method_settings(arm.method, config.mitigate, neurons, spec.finetune.seed))
+            ctx.study.forget_trial(spec, seed=arm.seed, recipe=made)
 
 
 def _stage_figures(ctx: RunContext) -> None:
@@ -205,21 +208,23 @@ def _stage_report(ctx: RunContext) -> None:
 @dataclass(frozen=True)
 class Stage:
     """One step of the pipeline: what it runs, which config sections it reads, which stages'
-    artifacts it reads."""
+    artifacts it reads, and (``forget``) how a forced recomputation deletes the study files it made."""
 
     name: str
     run: Callable[[RunContext], None]
     sections: tuple[str, ...] = ()
     upstream: tuple[str, ...] = ()
+    forget: Callable[[RunContext], None] | None = None
 
 
+_TRIALS = ("model", "data", "target", "leaning", "seeds", "finetune", "stance", "check_data", "check")
 PIPELINE: tuple[Stage, ...] = (
-    Stage("base_stance", _stage_base_stance, ("model", "data", "stance", "check_data", "check")),
-    Stage("finetune", _stage_finetune, ("model", "data", "target", "leaning", "seeds", "finetune", "stance", "check")),
+    Stage("base_stance", _stage_base_stance, ("model", "data", "stance", "check_data", "check"), (), _forget_base),
+    Stage("finetune", _stage_finetune, _TRIALS, (), _forget_finetune),
     Stage("generalization", _stage_generalization, (), ("base_stance", "finetune")),
     Stage("localize", _stage_localize, ("localize", "examples"), ("finetune",)),
     Stage("patch", _stage_patch, ("patch",), ("localize",)),
-    Stage("mitigate", _stage_mitigate, ("mitigate",), ("base_stance", "finetune", "localize")),
+    Stage("mitigate", _stage_mitigate, ("mitigate",), ("base_stance", "finetune", "localize"), _forget_mitigate),
     Stage("figures", _stage_figures, (), ("generalization", "localize", "patch", "mitigate")),
     Stage("report", _stage_report, (), ("generalization", "localize", "patch", "mitigate")),
 )
@@ -227,8 +232,9 @@ STAGES: tuple[str, ...] = tuple(stage.name for stage in PIPELINE)
 _BY_NAME = {stage.name: stage for stage in PIPELINE}
 
 
-def stage_inputs(config: RunConfig, stage: str) -> dict:
-    """The settings a stage's results depend on, upstream stages' included (flattened, dotted)."""
+def stage_inputs(config: RunConfig, stage: str, resolved: dict | None = None) -> dict:
+    """The settings a stage's results depend on, upstream stages' included (flattened, dotted).
+    ``resolved`` replaces settings by what they resolve to (the model by identity, data by content)."""
     sections: set[str] = set()
     pending = [stage]
     while pending:
@@ -236,7 +242,18 @@ def stage_inputs(config: RunConfig, stage: str) -> dict:
         sections.update(current.sections)
         pending.extend(current.upstream)
     values = config.values(tuple(sections))
-    return {key: values[key] for key in sorted(values)}
+    values.update({key: value for key, value in (resolved or {}).items() if key in values})
+    return as_stored({key: values[key] for key in sorted(values)})
+
+
+def resolve_inputs(study: Study, spec: TrialSpec) -> dict:
+    """The model by identity and the data by content: a folder's contents replaced under the same name
+    are a changed setting."""
+    return {
+        "model": study.identity(spec.model),
+        "data": {"source": spec.dataset.source, "fingerprint": spec.dataset.fingerprint()},
+        "check_data": {name: {"source": d.source, "fingerprint": d.fingerprint()} for name, d in spec.checks.items()},
+    }
 
 
 def downstream(stages: Iterable[str]) -> list[str]:
@@ -248,72 +265,39 @@ def downstream(stages: Iterable[str]) -> list[str]:
     return [s for s in STAGES if s in chosen]
 
 
-def _check_out_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as error:
-        raise RunError(f"Cannot write to the run folder {out}: {error}") from error
-
-
-def load_inputs(config: RunConfig) -> tuple[StanceDataset, dict[str, StanceDataset]]:
-    """The training data and each check data set; a bad data name or model name fails here, as a
-    :class:`RunError`, before any work."""
-    try:
-        checks = {name: load_data(name) for name in config.check_data}
-        resolve_model_path(config.model)
-        return load_data(config.data), checks
-    except (DataError, LookupError) as error:
-        raise RunError(str(error)) from error
-
-
-def _validate(config: RunConfig) -> tuple[StanceDataset, dict[str, StanceDataset]]:
-    dataset, checks = load_inputs(config)
-    if config.target not in dataset.topics:
-        raise RunError(
-            f"Unknown target topic '{config.target}'; topics in {dataset.source}: {', '.join(dataset.topics)}."
-        )
-    if len(dataset.topics) < 2:
-        raise RunError(f"{dataset.source} has one topic; cross-topic generalization needs at least two.")
-    for name, check in checks.items():
-        if config.target not in check.topics or len(check.topics) < 2:
-            raise RunError(
-                f"Check data {name} needs the topic '{config.target}' and another; it has {', '.join(check.topics)}."
-            )
-    return dataset, checks
-
-
-def plan_stages(config: RunConfig, out: Path, force: Sequence[str] = ()) -> dict[str, str]:
+def plan_stages(
+    config: RunConfig, out: Path, force: Sequence[str] = (), resolved: dict | None = None
+) -> dict[str, str]:
     """``stage -> "skip" | "run" | "resume"`` for a run in ``out``. "resume": an interrupted stage
     restarted with the same settings (and nothing upstream recomputed) keeps its finished units.
     Raises :class:`RunError` when a finished stage was computed with a different configuration and
-    is not forced."""
+    is not forced, naming the settings that changed."""
     unknown = [s for s in force if s not in STAGES]
     if unknown:
         raise RunError(f"Unknown stage(s) {unknown} for --force: stages are {', '.join(STAGES)}.")
     layout = RunLayout(out)
     forced = set(downstream(force))
     plan: dict[str, str] = {}
-    changed: list[str] = []
+    changed: list[tuple[str, str]] = []
     for stage in PIPELINE:
         marker, started = layout.stage_marker(stage.name), layout.stage_marker(stage.name, started=True)
+        current = stage_inputs(config, stage.name, resolved)
         upstream_redone = any(plan[up] != "skip" for up in stage.upstream)
         if stage.name in forced or not marker.is_file() or upstream_redone:
-            same = started.is_file() and read_json(started)["inputs"] == stage_inputs(config, stage.name)
+            same = started.is_file() and read_json(started)["inputs"] == current
             clean = stage.name not in forced and not any(plan[up] == "run" for up in stage.upstream)
             plan[stage.name] = "resume" if same and clean else "run"
             continue
-        stored, current = read_json(marker)["inputs"], stage_inputs(config, stage.name)
-        keys = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
-        own = [k for k in keys if k in config.values(stage.sections)]
-        if own or (keys and not changed):  # name the stages where a change enters, not every one after them
-            changed.append(f"{stage.name} (changed: {', '.join(own or keys)})")
+        changes = changed_settings(read_json(marker)["inputs"], current)
+        own = [c for c in changes if c[0].split(".")[0] in stage.sections]
+        if own or (changes and not changed):  # name the stages where a change enters, not every one after them
+            changed.append((stage.name, describe_changes(own or changes)))
         plan[stage.name] = "skip"
     if changed:
+        named = "; ".join(f"{stage}: {what}" for stage, what in changed)
         raise RunError(
-            f"{out} holds results computed with a different configuration: {'; '.join(changed)}. "
-            f"Use a new --out folder, or recompute with --force {changed[0].split()[0]} "
-            "(it redoes the stages after it too)."
+            f"{out} holds results computed with a different configuration ({named}). Use a new --out folder, "
+            f"or recompute with --force {changed[0][0]} (it redoes the stages that read from it too)."
         )
     return plan
 
@@ -327,39 +311,48 @@ def run_pipeline(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict:
-    """Run (or resume) every stage into ``out_dir``; returns ``results.json``'s content."""
-    out = Path(out_dir)
-    _check_out_dir(out)
-    dataset, checks = _validate(config)
-    plan = plan_stages(config, out, force)
-    layout = RunLayout(out)
-    write_json(layout.config, {"config": config.to_dict(), "versions": library_versions()})
-    ctx = RunContext(config, layout, dataset, checks, device=device, progress=progress)
-    for stage in PIPELINE:
-        if plan[stage.name] == "skip":
-            continue
-        layout.stage_marker(stage.name).unlink(missing_ok=True)
-        if plan[stage.name] == "run":
-            for target in layout.stage_outputs(stage.name):
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        inputs = stage_inputs(config, stage.name)
-        write_json(layout.stage_marker(stage.name, started=True), {"inputs": inputs})
-        echo(f"[{stage.name}] {'resuming' if plan[stage.name] == 'resume' else 'running'}")
-        began = time.perf_counter()
-        stage.run(ctx)
-        seconds = time.perf_counter() - began
-        finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        marker = {
-            "stage": stage.name,
-            "inputs": inputs,
-            "seconds": seconds,
-            "finished": finished,
-            "versions": library_versions(),
+    """Run (or resume) every stage into the study folder ``out_dir`` (locked while it runs); returns
+    ``results.json``'s content."""
+    spec = trial_spec(config)
+    with Study.open(out_dir, device=device, progress=progress, echo=echo) as study:
+        resolved = resolve_inputs(study, spec)
+        plan = plan_stages(config, study.root, force, resolved)
+        layout = RunLayout(study.root)
+        write_json(layout.config, {"config": config.to_dict(), "versions": library_versions()})
+        forced = set(downstream(force))
+        replacing = {
+            s.name
+            for s in PIPELINE
+            if plan[s.name] == "run" and (s.name in forced or layout.stage_marker(s.name).is_file())
         }
-        write_json(layout.stage_marker(stage.name), marker)
-        layout.stage_marker(stage.name, started=True).unlink()
-        write_json(layout.results, collect_results(load_run(out)))  # headline numbers so far
-        echo(f"[{stage.name}] done in {seconds:.0f} s")
-    results = collect_results(load_run(out))
-    write_json(layout.results, results)
+        ctx = RunContext(config, study, spec, replacing=replacing)
+        for stage in PIPELINE:
+            if plan[stage.name] == "skip":
+                continue
+            layout.stage_marker(stage.name).unlink(missing_ok=True)
+            if plan[stage.name] == "run":
+                if stage.name in forced and stage.forget is not None:
+                    stage.forget(ctx)
+                for target in layout.stage_outputs(stage.name):
+                    shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+            inputs = stage_inputs(config, stage.name, resolved)
+            write_json(layout.stage_marker(stage.name, started=True), {"inputs": inputs})
+            echo(f"[{stage.name}] {'resuming' if plan[stage.name] == 'resume' else 'running'}")
+            began = time.perf_counter()
+            stage.run(ctx)
+            seconds = time.perf_counter() - began
+            marker = {
+                "stage": stage.name,
+                "inputs": inputs,
+                "outputs": ctx.outputs.get(stage.name, {}),
+                "seconds": seconds,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "versions": library_versions(),
+            }
+            write_json(layout.stage_marker(stage.name), marker)
+            layout.stage_marker(stage.name, started=True).unlink()
+            write_json(layout.results, collect_results(load_run(study.root)))  # headline numbers so far
+            echo(f"[{stage.name}] done in {seconds:.0f} s")
+        results = collect_results(load_run(study.root))
+        write_json(layout.results, results)
     return results

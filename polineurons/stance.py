@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from polineurons.batching import SequenceBatch, pad_id_of, sequence_batches
 from polineurons.data.items import DataError, StanceDataset, StanceItem, StatementItem
+from polineurons.data.loaders import load_neutral
 from polineurons.data.prompts import encode_prompt, encode_text
 from polineurons.stats import bootstrap_ci
 
@@ -133,6 +134,21 @@ def continuation_logprobs(
             logits = model(batch.tokens, attention_mask=batch.mask)
         sums[torch.tensor(batch.indices)] = batch_logprob_sums(logits, batch).double().cpu()
     return sums, counts
+
+
+def neutral_pairs(tokenizer, max_items: int | None = None) -> list[tuple[list[int], list[int]]]:
+    """The first ``max_items`` neutral ``(prompt, response)`` pairs as token ids (default: all)."""
+    return [
+        (encode_prompt(tokenizer, q), encode_text(tokenizer, a, prompt_start=False))
+        for q, a in load_neutral()[:max_items]
+    ]
+
+
+def neutral_logprob(model, pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int = 16) -> float:
+    """Mean per-token log-prob of neutral responses given their prompts (higher = more fluent): the
+    capability check scored beside every stance. ``pairs``: :func:`neutral_pairs`."""
+    sums, counts = continuation_logprobs(model, pairs, batch_size=batch_size)
+    return float(sums.sum() / counts.sum())
 
 
 def stance_pairs(

@@ -67,14 +67,20 @@ def bootstrap(
     with np.errstate(divide="ignore", invalid="ignore"):
         point = np.asarray(statistic(*[a[..., None, :] for a in arrays]), dtype=np.float64)[..., 0]
         values = np.asarray(statistic(*[a[..., d] for a, d in zip(arrays, draws, strict=True)]), dtype=np.float64)
+    low, high = _percentile_interval(values, point.shape, confidence)
+    return point, low, high
+
+
+def _percentile_interval(values: np.ndarray, shape: tuple, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per statistic (``values``: ``[..., draws]``), the percentile interval of its finite draws."""
     tail = round(50 * (1.0 - confidence), 10)  # 2.5 for 95%, without float residue
-    flat = values.reshape(-1, n_boot)
+    flat = values.reshape(-1, values.shape[-1])
     bounds = np.full((flat.shape[0], 2), np.nan)
     for row, column in enumerate(flat):
         finite = column[np.isfinite(column)]
         if finite.size:
             bounds[row] = np.percentile(finite, [tail, 100 - tail])
-    return point, bounds[:, 0].reshape(point.shape), bounds[:, 1].reshape(point.shape)
+    return bounds[:, 0].reshape(shape), bounds[:, 1].reshape(shape)
 
 
 def bootstrap_ci(
@@ -145,3 +151,45 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     if ranks_a.std() == 0 or ranks_b.std() == 0:
         return float("nan")
     return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
+
+
+def seed_item_bootstrap(
+    statistic: Callable[..., np.ndarray],
+    samples: Sequence[np.ndarray],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Point value and percentile interval of ``statistic`` when runs are repeated over training seeds:
+    each draw resamples the seeds AND the items.
+
+    Each sample is ``[runs, seeds, items]`` (e.g. one topic's per-item shifts of vanilla and treated
+    runs, per training seed). A draw picks ``seeds`` seeds with replacement — the same ones for every run
+    and sample, so runs stay paired by seed — and each sample's items with replacement — the same
+    items for every run and seed, so runs stay paired by item. ``statistic`` receives, per sample, the
+    mean over the drawn seeds of the mean over the drawn items, ``[runs, draws]``, and returns
+    ``[..., draws]``. Non-finite draws are left out of the interval.
+
+    Returns ``(value, ci_low, ci_high, draws)``; ``draws`` (``[..., n_boot]``) tells, e.g., how often a
+    statistic was undefined.
+    """
+    arrays = [np.asarray(s, dtype=np.float64) for s in samples]
+    if not arrays or any(a.ndim != 3 or a.shape[-1] == 0 for a in arrays):
+        raise ValueError("seed_item_bootstrap needs [runs, seeds, items] samples with at least one item.")
+    n_seeds = arrays[0].shape[1]
+    if any(a.shape[:2] != arrays[0].shape[:2] for a in arrays):
+        raise ValueError("Every sample needs the same runs and seeds.")
+    generator = np.random.default_rng(seed)
+    seed_draws = generator.integers(0, n_seeds, size=(n_boot, n_seeds))
+    item_draws = [generator.integers(0, a.shape[-1], size=(n_boot, a.shape[-1])) for a in arrays]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        point = np.asarray(statistic(*[a.mean(axis=-1).mean(axis=-1)[:, None] for a in arrays]))[..., 0]
+        means = []
+        for a, items in zip(arrays, item_draws, strict=True):
+            per_seed = a[:, :, items].mean(axis=-1)  # [runs, seeds, draws]
+            chosen = np.take_along_axis(per_seed, seed_draws.T[None], axis=1)  # [runs, seeds drawn, draws]
+            means.append(chosen.mean(axis=1))
+        values = np.asarray(statistic(*means), dtype=np.float64)
+    low, high = _percentile_interval(values, point.shape, confidence)
+    return point, low, high, values

@@ -1,56 +1,62 @@
-"""A trial: one fine-tune (optionally with an intervention) and the stance scores of the model it
-produced — the unit that the pipeline's seeds, the 6×6 matrix and the mitigation comparison repeat.
+"""A trial: one fine-tune (optionally with an intervention) and the scores of the model it produced —
+the unit that the pipeline's seeds, the 6×6 matrix and the mitigation comparison repeat.
 
-A finished trial is one JSON file, written at once; :func:`run_trial` returns the stored trial
-instead of training again when its file exists, so every caller is resumable for free.
+This module trains and scores; where a trial is stored, and whether it needs training at all, is the
+study folder's business (:mod:`polineurons.study`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 
 from polineurons.data.items import StanceDataset
 from polineurons.finetune import FinetuneConfig, finetune, training_pairs
 from polineurons.hooks import Intervention
-from polineurons.io import read_json, write_json
-from polineurons.stance import StanceConfig, StanceResult, measure_stance
+from polineurons.models import EMBEDDED_MODEL
+from polineurons.stance import StanceConfig, StanceResult, measure_stance, neutral_logprob, neutral_pairs
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A model's stance on the data's eval items, on each check data set, and its mean log-prob of
+    neutral text (the capability check)."""
+
+    stance: StanceResult
+    checks: dict[str, StanceResult] = field(default_factory=dict)
+    neutral_logprob: float = float("nan")
 
 
 @dataclass(frozen=True)
 class Trial:
-    """What one fine-tune produced: its training log, its stance on the data's eval items and on
-    each check data set, and anything a caller measured besides (``extra``)."""
+    """What one fine-tune produced: its training log and the fine-tuned model's scores."""
 
     seed: int
     training: dict
     stance: StanceResult
     checks: dict[str, StanceResult] = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
+    neutral_logprob: float = float("nan")
 
     def to_dict(self) -> dict:
-        checks = {name: stance.to_dict() for name, stance in self.checks.items()}
         return {
             "seed": self.seed,
             "training": self.training,
             "stance": self.stance.to_dict(),
-            "checks": checks,
-            **self.extra,
+            "checks": {name: stance.to_dict() for name, stance in self.checks.items()},
+            "neutral_logprob": self.neutral_logprob,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Trial:
-        known = {"seed", "training", "stance", "checks"}
         checks = {name: StanceResult.from_dict(stance) for name, stance in data.get("checks", {}).items()}
-        extra = {k: v for k, v in data.items() if k not in known}
-        return cls(data["seed"], data["training"], StanceResult.from_dict(data["stance"]), checks, extra)
+        stance = StanceResult.from_dict(data["stance"])
+        return cls(data["seed"], data["training"], stance, checks, data.get("neutral_logprob", float("nan")))
 
 
 @dataclass(frozen=True)
 class TrialSpec:
-    """What a trial trains on and how it is scored."""
+    """What a trial trains (model, data, target, leaning, training settings) and how it is scored."""
 
     dataset: StanceDataset
     target: str
@@ -59,35 +65,37 @@ class TrialSpec:
     stance: StanceConfig = StanceConfig()
     checks: Mapping[str, StanceDataset] = field(default_factory=dict)
     check_stance: StanceConfig = StanceConfig()
+    model: str = EMBEDDED_MODEL
+
+    def scoring(self) -> dict:
+        """The scoring settings, as stored (JSON-ready): what a trial's and the base's scores depend on."""
+        checks = {name: {"source": d.source, "fingerprint": d.fingerprint()} for name, d in self.checks.items()}
+        return {"stance": asdict(self.stance), "checks": checks, "check_stance": asdict(self.check_stance)}
 
 
-def run_trial(
+def score_model(model, spec: TrialSpec, *, progress: bool = True) -> Scores:
+    """Score ``model`` as every trial (and the base) is scored: the eval stance, each check data set
+    and the neutral-text check (``spec.stance.neutral_items`` texts)."""
+    stance = measure_stance(model, spec.dataset, spec.stance, progress=progress)
+    checks = {name: measure_stance(model, d, spec.check_stance, progress=progress) for name, d in spec.checks.items()}
+    pairs = neutral_pairs(model.tokenizer, spec.stance.neutral_items)
+    return Scores(stance, checks, neutral_logprob(model, pairs, batch_size=spec.stance.batch_size))
+
+
+def train_and_score(
     spec: TrialSpec,
-    load_base: Callable[[], object],
-    path: str | os.PathLike,
+    model,
     *,
     seed: int = 0,
     intervention: Intervention | None = None,
     model_dir: str | os.PathLike | None = None,
-    measure: Callable[[object], dict] | None = None,
     progress: bool = True,
-) -> tuple[Trial, object | None]:
-    """Train a fresh copy of the base on ``spec`` with ``seed`` (and ``intervention``, during training
-    only), score it, and write the trial to ``path``; ``model_dir`` also keeps the model. ``measure``
-    adds its own fields to the trial (e.g. perplexity). Returns the trial and the trained model, or
-    the stored trial and ``None`` when ``path`` already exists."""
-    path = Path(path)
-    if path.is_file():
-        return Trial.from_dict(read_json(path)), None
-    model = load_base()
+) -> Trial:
+    """Fine-tune ``model`` (a fresh copy of the base; changed in place) on ``spec`` with ``seed`` (and
+    ``intervention``, during training only), then score it; ``model_dir`` also keeps the model."""
     pairs = training_pairs(spec.dataset, spec.target, spec.leaning)
     meta = {"data": spec.dataset.source, "topic": spec.target, "leaning": spec.leaning}
     config = replace(spec.finetune, seed=seed)
     trained = finetune(model, pairs, config, intervention=intervention, out_dir=model_dir, meta=meta, progress=progress)
-    stance = measure_stance(model, spec.dataset, spec.stance, progress=progress)
-    checks = {
-        name: measure_stance(model, data, spec.check_stance, progress=progress) for name, data in spec.checks.items()
-    }
-    trial = Trial(seed, trained.to_dict(), stance, checks, measure(model) if measure else {})
-    write_json(path, trial.to_dict(), indent=None)
-    return trial, model
+    scores = score_model(model, spec, progress=progress)
+    return Trial(seed, trained.to_dict(), scores.stance, scores.checks, scores.neutral_logprob)

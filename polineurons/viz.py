@@ -101,66 +101,78 @@ def matrix_heatmaps(matrix: dict) -> go.Figure:
     return figure
 
 
-def mitigation_tradeoff(mitigation: dict) -> go.Figure:
-    """Spill-over left against target kept (``mitigation.json``): one curve per method over its
-    strengths (pooled over seeds, 95% CIs), its random control dashed, vanilla as a star at kept = 1.
-    Down and to the right is better: less CTG per unit of target shift, most of the target kept."""
+def mitigation_frontier(mitigation: dict) -> go.Figure:
+    """CTG reduction against target kept (``mitigation.json``): one curve per method from vanilla (1, 0)
+    over its strengths (pooled over seeds, 95% CIs both ways), its random control dashed, and its
+    reading at 90% kept as a diamond. Up and to the right is better: more spill-over removed, more of
+    the target kept."""
     figure = go.Figure()
     palette = ["#1b7837", "#d6604d", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#1f78b4"]
-    for number, (method, rows) in enumerate(mitigation["pooled"].items()):
+    origin = {"strength": 0.0, "target_kept": 1.0, "ctg_reduction": 0.0}
+    for number, (method, rows) in enumerate(mitigation["frontier"].items()):
         colour = palette[number % len(palette)]
-        for label, series, dash in (
-            (method, rows, "solid"),
-            (
-                f"{method} (control)",
-                [r["control"] | {"strength": r["strength"]} for r in rows if "control" in r],
-                "dash",
-            ),
-        ):
+        controls = [r["control"] | {"strength": r["strength"]} for r in rows if "control" in r]
+        for label, series, dash in ((method, rows, "solid"), (f"{method} (control)", controls, "dash")):
             if not series:
                 continue
             figure.add_trace(
                 go.Scatter(
-                    x=[r["target_kept"] for r in series],
-                    y=[r["ctg_ratio"] for r in series],
+                    x=[1.0] + [r["target_kept"] for r in series],
+                    y=[0.0] + [r["ctg_reduction"] for r in series],
                     mode="lines+markers",
                     name=label,
-                    text=[f"strength {r['strength']:g}" for r in series],
+                    text=["vanilla"] + [f"strength {r['strength']:g}" for r in series],
                     line={"color": colour, "dash": dash},
-                    marker={"symbol": "circle" if dash == "solid" else "circle-open", "size": 9, "color": colour},
+                    marker={"symbol": "circle" if dash == "solid" else "circle-open", "size": 8, "color": colour},
+                    error_x=_row_errors([origin, *series], "target_kept", colour),
+                    error_y=_row_errors([origin, *series], "ctg_reduction", colour),
+                    hovertemplate=f"{label}<br>%{{text}}<br>target kept %{{x:.2f}}<br>"
+                    "CTG reduction %{y:+.2f}<extra></extra>",
+                )
+            )
+        reading = mitigation["at_90"].get(method, {})
+        if reading.get("ctg_reduction"):
+            estimate = reading["ctg_reduction"]
+            figure.add_trace(
+                go.Scatter(
+                    x=[0.9],
+                    y=[estimate["value"]],
+                    mode="markers",
+                    name=f"{method} at 90% kept",
+                    marker={"symbol": "diamond", "size": 13, "color": colour},
                     error_y={
                         "type": "data",
                         "symmetric": False,
-                        "array": [r["ctg_ratio_ci_high"] - r["ctg_ratio"] for r in series],
-                        "arrayminus": [r["ctg_ratio"] - r["ctg_ratio_ci_low"] for r in series],
+                        "array": [estimate["ci_high"] - estimate["value"]],
+                        "arrayminus": [estimate["value"] - estimate["ci_low"]],
                         "color": colour,
-                        "thickness": 1,
                     },
-                    hovertemplate=f"{label}<br>%{{text}}<br>target kept %{{x:.2f}}<br>"
-                    "CTG ratio %{y:+.2f}<extra></extra>",
+                    hovertemplate=f"{method}: CTG reduction %{{y:+.2f}} at 90% kept (strength "
+                    f"{reading['strength']:.3g})<extra></extra>",
                 )
             )
-    vanilla = mitigation["vanilla"]["pooled"]
-    figure.add_trace(
-        go.Scatter(
-            x=[1.0],
-            y=[vanilla["ctg_ratio"]],
-            mode="markers",
-            name="vanilla",
-            marker={"symbol": "star", "size": 16, "color": "black"},
-        )
-    )
     figure.add_vline(x=0.9, line_dash="dot", line_color=_GREY)
-    # ratios explode where a run kept little of the target: frame the points, let wide CIs run off the chart
-    points = [vanilla["ctg_ratio"]] + [y for trace in figure.data for y in trace.y if np.isfinite(y)]
-    figure.update_yaxes(range=[max(-3.0, min(points) - 0.3), min(3.0, max(points) + 0.3)])
+    figure.add_hline(y=0.0, line_color=_GREY, line_width=1)
+    points = [y for trace in figure.data for y in trace.y if np.isfinite(y)]
+    figure.update_yaxes(range=[max(-0.5, min(points) - 0.1), min(2.0, max(points) + 0.1)])
     figure.update_layout(
-        title=f"Mitigations on {mitigation['target']} ({mitigation['leaning']}): "
-        "spill-over per unit of target shift vs target kept",
+        title=f"Mitigations on {mitigation['target']} ({mitigation['leaning']}): spill-over removed vs target kept",
         xaxis_title="target shift kept (treated / vanilla)",
-        yaxis_title="CTG ratio (CTG / target shift)",
+        yaxis_title="CTG reduction (1 − treated / vanilla CTG)",
     )
     return figure
+
+
+def _row_errors(rows: Sequence[dict], key: str, colour: str) -> dict:
+    """Asymmetric error bars from flat rows (``key``, ``key_ci_low``, ``key_ci_high``; none where absent)."""
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": [r.get(f"{key}_ci_high", r[key]) - r[key] for r in rows],
+        "arrayminus": [r[key] - r.get(f"{key}_ci_low", r[key]) for r in rows],
+        "color": colour,
+        "thickness": 1,
+    }
 
 
 # ---- figures of one run (built from its artifacts, see polineurons.artifacts.load_run) --------------
@@ -340,6 +352,6 @@ def run_figures(run: RunArtifacts) -> dict[str, go.Figure]:
         figures["neuron_layers"] = layer_distribution(run.localize)
     if run.recovery:
         figures["patching"] = patching_recovery(run.recovery, run.patch["set_sizes"], run.patch["target"])
-    if run.mitigation and run.mitigation["pooled"]:
-        figures["mitigation"] = mitigation_tradeoff(run.mitigation)
+    if run.mitigation and run.mitigation["frontier"]:
+        figures["mitigation"] = mitigation_frontier(run.mitigation)
     return figures

@@ -32,6 +32,12 @@ def tiny_llama(tiny_cache):
 
 
 @pytest.fixture
+def tiny_env(tiny_cache, monkeypatch):
+    """Names like "tiny-llama" resolve to the session's tiny models (plans load models by name)."""
+    monkeypatch.setenv("POLINEURONS_CACHE", str(tiny_cache))
+
+
+@pytest.fixture
 def fresh_tiny_llama(tiny_cache):
     """A private copy whose weights a test may change or train."""
     return load_model("tiny-llama", device="cpu", cache=tiny_cache)

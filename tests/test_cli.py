@@ -29,11 +29,6 @@ def cli(capsys):
     return invoke
 
 
-@pytest.fixture
-def tiny_env(tiny_cache, monkeypatch):
-    monkeypatch.setenv("POLINEURONS_CACHE", str(tiny_cache))
-
-
 def test_info_on_a_tiny_model(cli, tiny_env):
     code, output = cli(["info", "--model", "tiny-gemma3", "--device", "cpu"])
     assert code == 0, output
@@ -134,33 +129,16 @@ def test_localize_then_mitigate(cli, tiny_env, tmp_path):
         ]
     )
     assert code == 0, output
-    args = [
-        "mitigate",
-        "--base",
-        "tiny-llama",
-        "--target",
-        "race",
-        "--neurons",
-        tmp_path / "loc",
-        "--out",
-        tmp_path / "m",
-    ]
-    args += [
-        "--finetune.max-steps",
-        1,
-        "--finetune.batch-size",
-        4,
-        "--finetune.max-seq-len",
-        320,
-        "--stance.max-items",
-        1,
-    ]
-    args += ["--items", 2, "--strengths", 0.5, 1, "--methods", "inhibit-zero"]
+    args = ["mitigate", "--model", "tiny-llama", "--target", "race", "--neurons", tmp_path / "loc"]
+    args += ["--out", tmp_path / "m", "--finetune.max-steps", 1, "--finetune.batch-size", 4]
+    args += ["--finetune.max-seq-len", 320, "--stance.max-items", 1, "--check-data"]
+    args += ["--mitigate.items", 2, "--mitigate.strengths", 0.5, 1, "--mitigate.methods", "inhibit-zero"]
     code, output = cli([*args, "caft"])
     assert code == 0, output
     result = json.loads((tmp_path / "m" / "mitigation.json").read_text())
-    assert set(result["methods"]) == {"inhibit-zero", "caft"} and {"vanilla", "methods", "league"} <= set(result)
-    assert "CTG ratio" in output and "vanilla" in output
+    assert set(result["frontier"]) == {"inhibit-zero", "caft"} and {"vanilla", "at_90", "league"} <= set(result)
+    assert "CTG reduction at 90% kept" in output and "vanilla" in output
+    assert (tmp_path / "m" / "mitigation.html").is_file()
     code, output = cli([*args, "anchor"])
     assert code == 2 and "invalid choice 'anchor'" in output
 
@@ -200,7 +178,7 @@ def test_screen_and_matrix_commands(cli, tiny_env, tmp_path):
     ]
     code, output = cli(args)
     assert code == 0, output
-    assert "CTG [95% CI]" in output and (tmp_path / "m" / "report.html").is_file()
+    assert "CTG [95% CI]" in output and (tmp_path / "m" / "matrix.html").is_file()
 
 
 def test_run_command_end_to_end_then_resumes(cli, tiny_env, tmp_path):
@@ -226,4 +204,4 @@ def test_run_command_rejects_bad_input(cli, tmp_path):
     code, output = cli(["run", "--preset", "huge", "--out", tmp_path / "r"])
     assert code == 2 and "Unknown preset 'huge'" in output
     code, output = cli(["report", tmp_path])
-    assert code == 2 and "not a polineurons run folder" in output
+    assert code == 2 and "holds no polineurons run, matrix or mitigation results" in output

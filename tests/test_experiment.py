@@ -7,21 +7,17 @@ import pytest
 
 from polineurons import experiment, load_model
 from polineurons.artifacts import collect_results, load_run
-from polineurons.config import RunConfig, RunError
+from polineurons.config import RunConfig
 from polineurons.data import load_data
+from polineurons.errors import RunError
 from polineurons.experiment import STAGES, downstream, run_pipeline
 from polineurons.stance import StanceResult
-from polineurons.trial import Trial, TrialSpec, run_trial
+from polineurons.trial import TrialSpec, train_and_score
 
 
 @pytest.fixture
 def smoke_config():
     return RunConfig.from_preset("smoke", model="tiny-llama")
-
-
-@pytest.fixture
-def tiny_env(tiny_cache, monkeypatch):
-    monkeypatch.setenv("POLINEURONS_CACHE", str(tiny_cache))
 
 
 def _run(config, out, **kwargs):
@@ -48,19 +44,25 @@ def test_every_stage_runs_and_writes_its_artifacts(finished_run):
     assert ran == list(STAGES)
     assert sorted(p.stem for p in (out / "stages").glob("*.json")) == sorted(STAGES)  # no stage left started
     for path in (
+        "study.json",
         "results.json",
         "report.html",
         "config.json",
-        "base_stance/check-crosscheck.json",
-        "finetune/seed0.json",
-        "finetune/model/config.json",
         "localize/general.safetensors",
         "patch/recovery.json",
-        "mitigate/mitigation.json",
+        "mitigation.json",
         "figures/generalization.html",
         "figures/plotly.min.js",
     ):
         assert (out / path).is_file(), path
+    run = load_run(out)
+    assert (run.model / "config.json").is_file() and run.model.parent.name == "models"
+    # the study's base scores: the eval data, the check data and the neutral texts, once each
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (out / "base").glob("*.json")) == [
+        "neutral",
+        "stance-crosscheck",
+        "stance-voices",
+    ]
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     assert not [p for p in out.rglob("*.tmp")], "temporary files left behind"
 
@@ -81,25 +83,32 @@ def test_results_hold_the_headline_numbers(finished_run):
     patch = results["patching_recovery_on_target"]
     assert {"general", "random_mean", "specific_target", "all"} <= set(patch) and len(patch["random"]) == 1
     mitigation = results["mitigation"]
-    assert set(mitigation["pooled"]) == {"inhibit-zero", "caft"}
-    for rows in mitigation["pooled"].values():
+    assert set(mitigation["frontier"]) == set(mitigation["at_90"]) == {"inhibit-zero", "caft"}
+    for rows in mitigation["frontier"].values():
         assert [r["strength"] for r in rows] == [1.0]
         assert {"target_kept", "ctg_ratio", "ctg_reduction"} <= set(rows[0]) and "ctg_ratio" in rows[0]["control"]
 
 
-def test_mitigation_reuses_an_identical_vanilla_run(finished_run, tmp_path):
-    """The finetune stage's trial stands in for the mitigation's vanilla run: training it afresh
-    with the same settings gives the same stance."""
+def test_mitigation_shares_the_finetune_stage_trial_and_training_is_deterministic(finished_run):
+    """The mitigate stage's vanilla run IS the finetune stage's trial (one file, trained once), and
+    training it afresh with the same settings gives the same stance."""
     out, _, _ = finished_run
+    names = sorted(p.name.rsplit("-", 1)[0] for p in (out / "trials").glob("*.json"))
+    assert names == [
+        "immigration-right-caft-control-s1-seed0",
+        "immigration-right-caft-s1-seed0",
+        "immigration-right-inhibit-zero-control-s1-seed0",
+        "immigration-right-inhibit-zero-s1-seed0",
+        "immigration-right-vanilla-seed0",
+    ]
+    assert load_run(out).training[0]["n_steps"] == 2
     config = RunConfig.from_preset("smoke", model="tiny-llama")
     spec = TrialSpec(load_data(config.data), config.target, config.leaning, config.finetune, config.stance)
-    fresh, _ = run_trial(
-        spec, lambda: load_model("tiny-llama", device="cpu"), tmp_path / "vanilla.json", progress=False
-    )
-    stored = Trial.from_dict(json.loads((out / "mitigate" / "trials" / "vanilla-seed0.json").read_text()))
-    assert [i.id for i in fresh.stance.items] == [i.id for i in stored.stance.items]
-    for a, b in zip(fresh.stance.items, stored.stance.items, strict=True):
-        assert a.score == pytest.approx(b.score, abs=1e-5)
+    fresh = train_and_score(spec, load_model("tiny-llama", device="cpu"), seed=0, progress=False)
+    trial = json.loads(next((out / "trials").glob("immigration-right-vanilla-seed0-*.json")).read_text())
+    assert [i.id for i in fresh.stance.items] == [i["id"] for i in trial["stance"]["items"]]
+    for a, b in zip(fresh.stance.items, trial["stance"]["items"], strict=True):
+        assert a.score == pytest.approx(b["score"], abs=1e-5)
 
 
 def test_a_second_invocation_resumes_without_recomputing(finished_run):
@@ -114,7 +123,7 @@ def test_a_second_invocation_resumes_without_recomputing(finished_run):
 def test_a_changed_config_is_refused_unless_forced(tiny_env, smoke_config, tmp_path):
     _run(smoke_config, tmp_path)
     changed = RunConfig.from_preset("smoke", model="tiny-llama", **{"localize.top_k": 20.0})
-    with pytest.raises(RunError, match=r"localize \(changed: localize.top_k\)") as error:
+    with pytest.raises(RunError, match=r"localize: localize.top_k \(stored 30.0, now 20.0\)") as error:
         _run(changed, tmp_path)
     assert "--force localize" in str(error.value) and "patch" not in str(error.value)
     _, ran = _run(changed, tmp_path, force=["localize"])
@@ -155,7 +164,7 @@ def test_bad_input_fails_before_any_work(tiny_env, tmp_path):
         _run(RunConfig.from_preset("smoke", model="tiny-lama"), tmp_path / "b")
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(RunError, match="Cannot write to the run folder"):
+    with pytest.raises(RunError, match="Cannot write to the folder"):
         _run(RunConfig.from_preset("smoke", model="tiny-llama"), blocker / "run")
     with pytest.raises(RunError, match="Unknown preset"):
         RunConfig.from_preset("fast")
@@ -172,7 +181,7 @@ def test_collect_results_of_a_partial_run(finished_run, tmp_path):
 
 def test_stance_round_trips_through_json(finished_run):
     out, _, _ = finished_run
-    data = json.loads((out / "base_stance" / "stance.json").read_text())
+    data = json.loads(next((out / "base").glob("stance-voices-*.json")).read_text())
     assert StanceResult.from_dict(data).to_dict() == {k: data[k] for k in ("topics", "items")}
 
 
@@ -189,11 +198,11 @@ def test_seeds_and_a_left_leaning_run(tiny_env, tmp_path):
     first = load_run(tmp_path).generalization
     assert first.leaning == "left" and results["per_seed"][0]["target_shift"] == pytest.approx(first.target_shift)
     assert first.target_shift == pytest.approx(-first.shifts["immigration"].shift)
-    assert (tmp_path / "finetune" / "seed1.json").is_file() and not (tmp_path / "finetune" / "seed1").exists()
-    trials = sorted(p.stem for p in (tmp_path / "mitigate" / "trials").glob("*.json"))
+    trials = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "trials").glob("*.json"))
     assert trials == [
-        "caft-s1-seed0",
-        "caft-s1-seed1",
-        "vanilla-seed0",
-        "vanilla-seed1",
-    ]  # a vanilla run reused per seed
+        "immigration-left-caft-s1-seed0",
+        "immigration-left-caft-s1-seed1",
+        "immigration-left-vanilla-seed0",
+        "immigration-left-vanilla-seed1",
+    ]  # one vanilla trial per seed, shared by the finetune and mitigate stages
+    assert len(list((tmp_path / "models").iterdir())) == 1  # only the first seed's model is kept

@@ -11,7 +11,7 @@ from polineurons.config import RunConfig
 from polineurons.data import load_data
 from polineurons.generalization import seed_headlines
 from polineurons.stance import measure_stance
-from polineurons.trial import TrialSpec, run_trial
+from polineurons.trial import TrialSpec, train_and_score
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ def test_quick_fine_tune_spills_over_onto_the_other_topics(embedded_model, tmp_p
     config = RunConfig.from_preset("quick")
     data = load_data(config.data)
     spec = TrialSpec(data, config.target, config.leaning, config.finetune, config.stance)
-    trial, _ = run_trial(spec, lambda: load_model(device="cpu"), tmp_path / "seed0.json", progress=False)
+    trial = train_and_score(spec, load_model(device="cpu"), seed=config.finetune.seed, progress=False)
     assert trial.training["losses"][-1] < trial.training["losses"][0]
     base = measure_stance(embedded_model, data, config.stance, progress=False)
     pooled = seed_headlines(base, [trial.stance], config.target, config.leaning).pooled

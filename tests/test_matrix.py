@@ -7,26 +7,28 @@ from pathlib import Path
 
 import pytest
 
-from polineurons.config import RunConfig, RunError
+from polineurons.config import RunConfig
+from polineurons.errors import RunError
 from polineurons.matrix import MatrixConfig, matrix_text, run_matrix
 from polineurons.report import build_matrix_report
+from polineurons.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def tiny_env(tiny_cache, monkeypatch):
-    monkeypatch.setenv("POLINEURONS_CACHE", str(tiny_cache))
+def _matrix(config, cells, folder):
+    with Study.open(folder, device="cpu", progress=False, echo=lambda message: None) as study:
+        return run_matrix(study, config, cells)
 
 
 def test_matrix_cells_resume_and_report(tiny_env, tmp_path, monkeypatch):
     config = RunConfig.from_preset("smoke", model="tiny-llama")
     cells = MatrixConfig(targets=("race", "science"), leanings=("left", "right"))
-    right = run_matrix(config, MatrixConfig(cells.targets, ("right",)), tmp_path, progress=False, echo=print)
+    right = _matrix(config, MatrixConfig(cells.targets, ("right",)), tmp_path)
     assert [(c["target"], c["leaning"]) for c in right["cells"]] == [("race", "right"), ("science", "right")]
     assert right["leanings"] == ["right"] and right["targets"] == ["race", "science"]
     # a second call adds the other leaning's cells; matrix.json then holds all four, in topic order
-    result = run_matrix(config, MatrixConfig(cells.targets, ("left",)), tmp_path, progress=False, echo=print)
+    result = _matrix(config, MatrixConfig(cells.targets, ("left",)), tmp_path)
     assert result["leanings"] == ["left", "right"]
     assert [c for c in result["cells"] if c["leaning"] == "right"] == right["cells"]
     # ideology (flips with the leaning) + drift (does not) add up to each leaning's CTG
@@ -52,14 +54,15 @@ def test_matrix_cells_resume_and_report(tiny_env, tmp_path, monkeypatch):
     page = build_matrix_report(result)
     assert page.count("Plotly.newPlot") == 1 and "fine-tuned toward left" in page and "CTG drift" in page
 
-    import polineurons.trial as trial
+    import polineurons.study as study
 
-    monkeypatch.setattr(trial, "finetune", lambda *a, **k: pytest.fail("a finished cell must not be retrained"))
-    assert run_matrix(config, cells, tmp_path, progress=False, echo=lambda m: None) == result
+    monkeypatch.setattr(study, "train_and_score", lambda *a, **k: pytest.fail("a finished cell must not be retrained"))
+    assert _matrix(config, cells, tmp_path) == result
     with pytest.raises(RunError, match=r"other settings: finetune.learning_rate \(stored 0.001, now 0.5\)"):
-        run_matrix(config.with_overrides({"finetune.learning_rate": 0.5}), cells, tmp_path, progress=False)
+        _matrix(config.with_overrides({"finetune.learning_rate": 0.5}), cells, tmp_path)
     with pytest.raises(RunError, match="Unknown target"):
-        run_matrix(config, MatrixConfig(targets=("weather",)), tmp_path / "other", progress=False)
+        _matrix(config, MatrixConfig(targets=("weather",)), tmp_path / "other")
+    monkeypatch.undo()
 
     # the screen's validation script reads the folder: one screen per (target, eval set), both leanings' cells
     spec = importlib.util.spec_from_file_location("screen_validation", ROOT / "figures" / "screen_validation.py")

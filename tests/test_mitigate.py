@@ -1,7 +1,9 @@
 """Mitigations on a tiny model: every intervention is an identity at strength 0 (bit for bit), its
-control has the promised shape, nothing stays on the trained model, and the comparison resumes."""
+control has the promised shape, nothing stays on the trained model, the registry refuses unknown
+methods, and the comparison resumes and grows in its study folder."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,28 +12,21 @@ import torch
 from polineurons import load_model
 from polineurons.data import load_data
 from polineurons.directions import random_like, random_subspace, random_vector
+from polineurons.errors import RunError, UserError
 from polineurons.finetune import FinetuneConfig, finetune, training_pairs
+from polineurons.frontier import compare_runs
 from polineurons.hooks import AblateDirections, SteerResidual, StopGradNeurons
-from polineurons.mitigate import (
-    Arm,
-    Interventions,
-    MitigateConfig,
-    compare_runs,
-    neutral_logprob,
-    neutral_pairs,
-    plan_arms,
-    run_mitigation,
-    strength_at_kept,
-)
+from polineurons.methods import METHODS, Ingredients, method
+from polineurons.mitigate import Arm, MitigateConfig, plan_arms, run_mitigation
 from polineurons.neurons import NeuronSet
 from polineurons.pnlac import Localization
 from polineurons.regularizers import KLToBase
-from polineurons.stance import ItemScore, StanceConfig, StanceResult, summarize
+from polineurons.stance import ItemScore, StanceConfig, StanceResult, neutral_logprob, neutral_pairs, summarize
+from polineurons.study import Study
 from polineurons.trial import TrialSpec
 from tests.helpers import prompt_batch
 
 FAST = FinetuneConfig(max_steps=2, batch_size=4, max_seq_len=320, learning_rate=1e-2, warmup_steps=0)
-METHODS = ("inhibit-zero", "inhibit-freeze", "stopgrad", "caft", "caft-grad", "steer", "kl")
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +45,21 @@ def weights(model):
     return [p.detach().clone() for p in model.parameters()]
 
 
+class Builder:
+    """Builds each method's intervention (or its control) on the tiny model, as a comparison would."""
+
+    def __init__(self, tiny_cache, located):
+        spec = TrialSpec(load_data(), "race", "right", FAST, StanceConfig(max_items=1), model="tiny-llama")
+        config = MitigateConfig(layers=(1,), steer_layer=1, items=2)
+        base = lambda: load_model("tiny-llama", device="cpu", cache=tiny_cache)  # noqa: E731
+        self.ingredients = Ingredients(config, spec, base, located=located)
+
+    def build(self, arm: Arm):
+        return METHODS[arm.method].build(self.ingredients, arm.strength, arm.seed, arm.control)
+
+
 def interventions(tiny_cache, located):
-    spec = TrialSpec(load_data(), "race", "right", FAST, StanceConfig(max_items=1))
-    config = MitigateConfig(layers=(1,), steer_layer=1, items=2)
-    return Interventions(
-        config, spec, lambda: load_model("tiny-llama", device="cpu", cache=tiny_cache), located=located
-    )
+    return Builder(tiny_cache, located)
 
 
 @pytest.fixture(scope="module")
@@ -158,41 +162,69 @@ def test_compare_runs_ratios_and_pooling():
     assert twice["target_kept"].value == pytest.approx(0.75)  # pooled: mean target shifts over seeds
 
 
-def test_strength_at_90_percent_kept_interpolates_and_says_so():
-    rows = [
-        {"strength": 0.5, "target_kept": 1.0, "ctg_ratio": 0.5},
-        {"strength": 1.0, "target_kept": 0.8, "ctg_ratio": 0.1},
-    ]
-    best = strength_at_kept(rows)
-    assert best["interpolated"] and best["strength"] == pytest.approx(0.75) and best["ctg_ratio"] == pytest.approx(0.3)
-    assert strength_at_kept(rows[:1]) == {"strength": 0.5, "interpolated": False, "ctg_ratio": 0.5, "target_kept": 1.0}
-    assert strength_at_kept([{"strength": 1.0, "target_kept": 0.5, "ctg_ratio": 0.1}]) is None
+def test_the_registry_refuses_unknown_methods_and_zero_strengths():
+    with pytest.raises(UserError, match="Unknown mitigation method 'anchor'"):
+        method("anchor")
+    with pytest.raises(ValueError, match="Unknown method"):
+        MitigateConfig(methods=("anchor",))
+    with pytest.raises(ValueError, match="0 is vanilla"):
+        MitigateConfig(strengths=(0.0, 1.0))
+    assert MitigateConfig().strengths_of("caft") == METHODS["caft"].strengths == (0.025, 0.05, 0.075, 0.1)
+    assert MitigateConfig(strengths=(2.0,)).strengths_of("steer") == (2.0,)
 
 
-def test_mitigate_end_to_end_resumes_and_writes_the_documented_json(tiny_cache, located, tmp_path, monkeypatch):
-    spec = TrialSpec(load_data(), "race", "right", FAST, StanceConfig(max_items=1))
+def _mitigate(tmp_path, config, seeds=(0,), located=None, **spec_changes):
+    spec = TrialSpec(load_data(), "race", "right", FAST, StanceConfig(max_items=1, neutral_items=4), model="tiny-llama")
+    spec = replace(spec, **spec_changes)
+    messages = []
+    with Study.open(tmp_path, device="cpu", progress=False, echo=messages.append) as study:
+        result = run_mitigation(study, spec, config, seeds=seeds, located=located)
+    return result, messages
+
+
+def test_mitigate_end_to_end_resumes_grows_and_writes_the_documented_json(tiny_env, located, tmp_path, monkeypatch):
     config = MitigateConfig(methods=("inhibit-zero", "caft"), strengths=(0.5, 1.0), layers=(1,), items=2)
-    load = lambda: load_model("tiny-llama", device="cpu", cache=tiny_cache)  # noqa: E731
-    out = run_mitigation(spec, load, config, tmp_path, seeds=(0,), located=located, progress=False)
+    out, _ = _mitigate(tmp_path, config, located=located)
     assert [a.name for a in plan_arms(config, (0,))][:3] == [
         "vanilla-seed0",
         "inhibit-zero-s0.5-seed0",
         "inhibit-zero-control-s0.5-seed0",
     ]
     stored = json.loads((tmp_path / "mitigation.json").read_text())
-    assert {"vanilla", "methods"} <= set(stored) and set(stored["methods"]) == {"inhibit-zero", "caft"}
-    for runs in stored["methods"].values():
-        assert [r["strength"] for r in runs] == [0.5, 1.0]
-        for run in runs:
-            for key in ("target_kept", "ctg_ratio", "ctg_reduction"):
-                assert {key, f"{key}_ci_low", f"{key}_ci_high"} <= set(run) and {key, f"{key}_ci_low"} <= set(
-                    run["control"]
+    assert stored == json.loads(json.dumps(out))
+    assert {"vanilla", "methods", "frontier", "at_90", "league"} <= set(stored)
+    assert set(stored["methods"]) == set(stored["frontier"]) == {"inhibit-zero", "caft"}
+    for rows in stored["frontier"].values():
+        assert [r["strength"] for r in rows] == [0.5, 1.0] and all(r["seeds"] == [0] for r in rows)
+        for row in rows:
+            for key in ("target_kept", "ctg_reduction"):
+                assert {key, f"{key}_ci_low", f"{key}_ci_high"} <= set(row) and {key, f"{key}_ci_low"} <= set(
+                    row["control"]
                 )
-            assert np.isfinite(run["perplexity_change"])
+            assert np.isfinite(row["perplexity_change"])
+    for reading in stored["at_90"].values():
+        assert (reading["ctg_reduction"] is None) == (reading["reason"] is not None)
     assert len(list((tmp_path / "trials").glob("*.json"))) == 1 + 2 * 2 * 2
 
-    import polineurons.trial as trial
+    import polineurons.study as study_module
 
-    monkeypatch.setattr(trial, "finetune", lambda *a, **k: pytest.fail("a finished run must not be retrained"))
-    again = run_mitigation(spec, load, config, tmp_path, seeds=(0,), located=located, progress=False)
-    assert again["methods"] == out["methods"]
+    monkeypatch.setattr(study_module, "train_and_score", lambda *a, **k: pytest.fail("a finished run was retrained"))
+    again, messages = _mitigate(tmp_path, config, located=located)
+    assert again["frontier"] == out["frontier"] and all(m.endswith("stored") for m in messages)
+    monkeypatch.undo()
+
+    # a second call with another method adds to the same folder: mitigation.json lists both calls' methods
+    grown, _ = _mitigate(tmp_path, MitigateConfig(methods=("steer",), strengths=(1.0,), controls=False, items=2))
+    assert (
+        set(grown["frontier"]) == {"inhibit-zero", "caft", "steer"} and "control" not in grown["frontier"]["steer"][0]
+    )
+    assert grown["frontier"]["caft"] == out["frontier"]["caft"]
+    assert len(list((tmp_path / "trials").glob("*.json"))) == 1 + 2 * 2 * 2 + 1
+
+    # other settings are refused, naming them
+    with pytest.raises(RunError, match=r"finetune.learning_rate \(stored 0.01, now 0.5\)"):
+        _mitigate(tmp_path, config, located=located, finetune=replace(FAST, learning_rate=0.5))
+    with pytest.raises(
+        RunError, match=r"mitigate/caft results computed with other settings: items \(stored 2, now 3\)"
+    ):
+        _mitigate(tmp_path, replace(config, items=3), located=located)

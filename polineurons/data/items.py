@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 
 from polineurons.errors import UserError
 
@@ -102,6 +104,12 @@ class StanceDataset:
             items.extend(chosen[:max_items] if max_items else chosen)
         statements = tuple(s for s in self.statements if s.topic in wanted)
         return replace(self, items=tuple(items), statements=statements)
+
+    def fingerprint(self) -> str:
+        """A hash of every stance item's text, topic and split: the same name with edited contents
+        (a user's JSONL file changed between two runs) gives another fingerprint."""
+        text = json.dumps([astuple(item) for item in self.items], ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``topic -> {split: n}``."""

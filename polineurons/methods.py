@@ -1,0 +1,248 @@
+"""The mitigation methods: one registry (:data:`METHODS`) of interventions applied during training, each
+with its matched random control, and :class:`Ingredients`, which computes what they need once.
+
+At relative strength s (s = 0 is vanilla, bit for bit; s = 1 is each method's unit):
+
+==============  =====================================================  ==============================
+method          intervention                                           control
+==============  =====================================================  ==============================
+inhibit-zero    zero the top s·percent% general neurons (InhibitFT)    layer-matched random neurons
+inhibit-freeze  hold those neurons' weights fixed                      layer-matched random neurons
+stopgrad        forward unchanged, no gradient through those neurons   layer-matched random neurons
+caft            ablate leaning directions from the residual stream:    random subspace, same rank
+                h − s·(h·Q)Qᵀ at the chosen layers (CAFT)              and layers
+caft-grad       the same, gradient only (forward unchanged)            random subspace
+steer           add s·v at one middle layer (preventative steering),   random vector, same norm
+                v = the leaning's mean answer difference
+kl              loss += s·β·KL(p_θ ‖ p_base) on the other topics'      the same on neutral text
+                training texts
+==============  =====================================================  ==============================
+
+Each method's default strengths span roughly 80–100% of the target kept at the quick settings (16
+steps at lr 1e-4) on the embedded model: ``caft`` and ``steer`` from their curves measured there (3 seeds
+on a GPU: caft keeps 89/78/68/52% at 0.05/0.1/0.15/0.25, steer 87/80/73% at 1/1.5/2); the others scaled
+from one seed at strength 1 with one epoch (inhibit-zero kept 64%, kl 73%, inhibit-freeze and stopgrad
+~100%) — not yet measured at these settings. Longer training keeps more of the target at the same
+strength (one epoch, 27 steps: caft 96/90/88/78% at 0.05/0.1/0.15/0.25).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+
+from polineurons.data.prompts import encode_prompt, encode_text
+from polineurons.directions import difference_pcs, leaning_directions, random_like, random_vector
+from polineurons.errors import UserError
+from polineurons.generalization import leaning_sign
+from polineurons.hooks import (
+    AblateDirections,
+    FreezeNeurons,
+    Intervention,
+    ScaleNeurons,
+    SteerResidual,
+    StopGradNeurons,
+)
+from polineurons.pnlac import Localization
+from polineurons.regularizers import KLToBase
+from polineurons.screen import answer_direction, default_layers
+from polineurons.stance import neutral_pairs
+from polineurons.trial import TrialSpec
+
+MethodName = Literal["inhibit-zero", "inhibit-freeze", "stopgrad", "caft", "caft-grad", "steer", "kl"]
+
+
+@dataclass(frozen=True)
+class MitigateConfig:
+    """Which mitigations are compared, at which strengths, and their units."""
+
+    methods: tuple[MethodName, ...] = ("caft", "steer")
+    """Methods compared with vanilla (see polineurons.methods)."""
+    strengths: tuple[float, ...] = ()
+    """Relative strengths, > 0, for every method (default: each method's own, spanning ~80-100% of the
+    target kept at the quick settings: caft 0.025 0.05 0.075 0.1, steer 0.5 1 1.5, ...; see polineurons.methods)."""
+    controls: bool = True
+    """Also train each method's matched random control."""
+    percent: float = 5.0
+    """Neuron methods: percent of all neurons (top general) per unit of strength."""
+    layers: tuple[int, ...] | None = None
+    """CAFT layers (default: at 1/5 and 2/5 of the depth, 6 and 12 of 30)."""
+    directions: Literal["leaning", "pca"] = "leaning"
+    """CAFT directions: the leaning direction orthogonal to the target's own, or PCs of (vanilla − base)."""
+    rank: int = 2
+    """CAFT with pca: principal components per layer."""
+    steer_layer: int | None = None
+    """Steering layer (default: the middle one)."""
+    kl_beta: float = 1.0
+    """KL weight per unit of strength."""
+    items: int = 32
+    """Training items per topic used for directions, steering vectors and KL texts."""
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in get_args(MethodName)]
+        if unknown:
+            raise ValueError(f"Unknown method(s) {unknown}: use {', '.join(get_args(MethodName))}.")
+        if any(not s > 0 for s in self.strengths):
+            raise ValueError(f"strengths must be > 0 (0 is vanilla, which every comparison has), got {self.strengths}.")
+        if not 0 < self.percent <= 100 or self.rank < 1 or self.items < 1 or self.kl_beta < 0:
+            raise ValueError("percent must be in (0, 100], rank and items >= 1, kl_beta >= 0.")
+
+    def strengths_of(self, name: str) -> tuple[float, ...]:
+        """The strengths ``name`` is trained at: ``strengths`` if given, else the method's defaults."""
+        return self.strengths or method(name).strengths
+
+
+class Ingredients:
+    """What the methods need — general neurons, directions, a steering vector, KL texts, the frozen
+    base model — computed once, on first use.
+
+    ``base`` returns the resident base model (never trained); ``vanilla_model`` the first seed's
+    vanilla fine-tune (PCA directions only)."""
+
+    def __init__(
+        self,
+        settings: MitigateConfig,
+        spec: TrialSpec,
+        base: Callable[[], object],
+        *,
+        located: Localization | None = None,
+        vanilla_model: Callable[[], object] | None = None,
+    ):
+        self.settings, self.spec, self._base = settings, spec, base
+        self.located, self.vanilla_model = located, vanilla_model
+        self._cache: dict[str, object] = {}
+
+    def _get(self, key: str, make: Callable[[], object]):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def base(self):
+        return self._get("base", self._base)
+
+    def general_neurons(self, strength: float, seed: int, control: bool):
+        """The top ``strength·percent``% general neurons, or (control) a layer-matched random set."""
+        if self.located is None:
+            raise UserError(
+                "The neuron methods need general neurons: give a `polineurons localize` folder (--neurons)."
+            )
+        neurons = self.located.top_general(strength * self.settings.percent)  # s = 0: no neuron
+        return neurons.random_matched(seed=1000 + seed) if control else neurons
+
+    def layers(self) -> list[int]:
+        n_layers = int(self.base.cfg.n_layers)
+        return list(self.settings.layers) if self.settings.layers is not None else list(default_layers(n_layers)[:2])
+
+    def directions(self, seed: int, control: bool):
+        def make():
+            settings, spec = self.settings, self.spec
+            if settings.directions == "leaning":
+                return leaning_directions(self.base, spec.dataset, spec.target, self.layers(), max_items=settings.items)
+            if self.vanilla_model is None:
+                raise UserError("PCA directions need the vanilla fine-tune of the first seed.")
+            return difference_pcs(
+                self.base, self.vanilla_model(), self.texts(others=True), self.layers(), settings.rank
+            )
+
+        directions = self._get("directions", make)
+        return random_like(directions, seed=1000 + seed) if control else directions
+
+    def steering(self, seed: int, control: bool) -> tuple[int, torch.Tensor]:
+        """The leaning's mean answer difference at the steering layer, pointing the trained way."""
+
+        def make():
+            n_layers = int(self.base.cfg.n_layers)
+            layer = self.settings.steer_layer if self.settings.steer_layer is not None else n_layers // 2
+            vector = answer_direction(self.base, self.other_items(), [layer], max_answer_tokens=48)[0].float()
+            return layer, leaning_sign(self.spec.leaning) * vector
+
+        layer, vector = self._get("steer", make)
+        return layer, random_vector(vector, 1000 + seed) if control else vector
+
+    def other_items(self) -> list:
+        """Up to ``items`` training items of every topic but the target."""
+        data, target = self.spec.dataset, self.spec.target
+        others = [t for t in data.topics if t != target]
+        return list(data.select(topics=others, split="train", max_items=self.settings.items).items)
+
+    def texts(self, *, others: bool) -> list[list[int]]:
+        """Other topics' training questions with both answers (KL texts), or neutral text (its control)."""
+
+        def make():
+            tokenizer = self.base.tokenizer
+            if not others:
+                return [p + a for p, a in neutral_pairs(tokenizer)]
+            return [
+                encode_prompt(tokenizer, i.question) + encode_text(tokenizer, i.answer(side), prompt_start=False)
+                for i in self.other_items()
+                for side in ("left", "right")
+            ]
+
+        return self._get(f"texts-{others}", make)
+
+
+def _inhibit(kind: Callable) -> Callable:
+    return lambda ing, s, seed, control: kind(ing.general_neurons(s, seed, control))
+
+
+def _caft(gradient_only: bool) -> Callable:
+    return lambda ing, s, seed, control: AblateDirections(ing.directions(seed, control), s, gradient_only=gradient_only)
+
+
+def _steer(ing: Ingredients, s: float, seed: int, control: bool) -> Intervention:
+    layer, vector = ing.steering(seed, control)
+    return SteerResidual(layer, vector, s)
+
+
+def _kl(ing: Ingredients, s: float, seed: int, control: bool) -> Intervention:
+    return KLToBase(ing.base, ing.texts(others=not control), s * ing.settings.kl_beta, seed=seed)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One mitigation: how it is built at strength s (and as its control), its default strengths,
+    and the settings its result depends on (they go into each trial's key)."""
+
+    name: str
+    build: Callable[[Ingredients, float, int, bool], Intervention]
+    strengths: tuple[float, ...]
+    uses: tuple[str, ...]
+    neurons: bool = False  # needs general neurons (their fingerprint is part of the recipe)
+
+
+_DIRECTIONS = ("layers", "directions", "rank", "items")
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("inhibit-zero", _inhibit(lambda n: ScaleNeurons(n, 0.0)), (0.05, 0.1, 0.25), ("percent",), True),
+        Method("inhibit-freeze", _inhibit(FreezeNeurons), (1.0, 2.0, 4.0), ("percent",), True),
+        Method("stopgrad", _inhibit(StopGradNeurons), (1.0, 2.0, 4.0), ("percent",), True),
+        Method("caft", _caft(False), (0.025, 0.05, 0.075, 0.1), _DIRECTIONS),
+        Method("caft-grad", _caft(True), (0.25, 0.5, 1.0), _DIRECTIONS),
+        Method("steer", _steer, (0.5, 1.0, 1.5), ("steer_layer", "items")),
+        Method("kl", _kl, (0.05, 0.1, 0.25), ("kl_beta", "items")),
+    )
+}
+
+
+def method(name: str) -> Method:
+    """The registered method called ``name`` (an unknown name is an error, never a fallback)."""
+    if name not in METHODS:
+        raise UserError(f"Unknown mitigation method '{name}': use {', '.join(METHODS)}.")
+    return METHODS[name]
+
+
+def neurons_fingerprint(located: Localization | None) -> str | None:
+    """A hash of the general set and the scores that rank it (what the neuron methods select from)."""
+    if located is None:
+        return None
+    digest = hashlib.sha256(located.general.mask.numpy().tobytes())
+    for topic in sorted(located.scores):
+        digest.update(topic.encode())
+        digest.update(located.scores[topic].float().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

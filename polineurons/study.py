@@ -1,0 +1,335 @@
+"""The study folder: the one store that ``run``, ``matrix`` and ``mitigate`` write into.
+
+Layout (every file written atomically)::
+
+    .lock                       held by the process working in the folder (its pid inside)
+    study.json                  layout version, each plan's guarded settings, library versions
+    base/{label}-{key}.json     the base model's scores on one data set, or its neutral-text check:
+                                computed once per (model, data, scoring settings)
+    trials/{label}-{key}.json   one fine-tune and its scores, stored under a key of its FULL settings
+    models/{label}-{key}/       a trial's model, where a plan keeps it (PNLAC, PCA directions)
+
+A key is a hash of everything a result depends on: the model by identity (its config and weight
+files, not only its name), the data by content, the training settings and seed, the intervention's
+recipe and the scoring settings. Any plan that asks for a trial with the same settings gets the stored
+one (``run``'s vanilla fine-tune is ``mitigate``'s vanilla), and a change of any setting is a new
+trial, never a stale one. A kill loses at most the trial in progress: files appear complete or not at
+all, and the lock dies with its process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from polineurons.errors import RunError
+from polineurons.hooks import Intervention
+from polineurons.io import read_json, write_json
+from polineurons.models import load_model, model_identity
+from polineurons.stance import StanceConfig, StanceResult, measure_stance, neutral_logprob, neutral_pairs
+from polineurons.trial import Scores, Trial, TrialSpec, train_and_score
+from polineurons.versions import library_versions
+
+LAYOUT = 2  # study.json's layout version; folders of polineurons before study folders have none
+
+
+def settings_key(settings: dict) -> str:
+    """The key of a settings dict: a hash of its canonical JSON."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def as_stored(settings: object) -> object:
+    """``settings`` as JSON gives it back (tuples become lists), so stored and fresh compare equal."""
+    return json.loads(json.dumps(settings))
+
+
+def changed_settings(stored: dict, current: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """The dotted keys whose values differ between two nested settings dicts, with both values."""
+    changes = []
+    for key in sorted(set(stored) | set(current)):
+        old, new = stored.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += changed_settings(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append((f"{prefix}{key}", old, new))
+    return changes
+
+
+def describe_changes(changes: list[tuple[str, object, object]], limit: int = 6) -> str:
+    """``key (stored X, now Y), ...`` — the first ``limit`` changes, then how many more."""
+    shown = [f"{key} (stored {old!r}, now {new!r})" for key, old, new in changes[:limit]]
+    more = f" and {len(changes) - limit} more" if len(changes) > limit else ""
+    return ", ".join(shown) + more
+
+
+@contextmanager
+def folder_lock(root: Path) -> Iterator[None]:
+    """Hold ``root/.lock`` for the duration, or fail at once naming the process that holds it. The
+    kernel drops the lock when its process dies, so a killed run never leaves the folder locked."""
+    path = root / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # no O_TRUNC: the holder's pid must survive
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise RunError(
+                f"{root} is in use by process {holder}: wait for it to finish, or use another --out folder."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _check_layout(root: Path) -> None:
+    """Refuse folders this version cannot extend: an earlier polineurons's run, matrix or mitigation
+    folder (no study.json), or a newer layout."""
+    meta = root / "study.json"
+    if meta.is_file():
+        layout = read_json(meta).get("layout")
+        if layout != LAYOUT:
+            raise RunError(f"{root} has study layout {layout}; this polineurons writes layout {LAYOUT}.")
+        return
+    old = [name for name in ("config.json", "trials", "mitigation.json", "matrix.json") if (root / name).exists()]
+    if old:
+        raise RunError(
+            f"{root} was written by a polineurons from before study folders (it holds {', '.join(old)} but no "
+            "study.json); its files are left as they are. Use a new --out folder."
+        )
+
+
+@dataclass
+class Study:
+    """An open study folder (see the module docstring). Make one with :meth:`open`, which holds the
+    folder's lock while the block runs; plans call :meth:`trial`, :meth:`base_scores` and :meth:`guard`."""
+
+    root: Path
+    device: str | None = None
+    progress: bool = True
+    echo: Callable[[str], None] = print
+    _identities: dict[str, dict] = field(default_factory=dict, repr=False)
+    _base_models: dict[str, object] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    @contextmanager
+    def open(
+        cls,
+        root: str | os.PathLike,
+        *,
+        device: str | None = None,
+        progress: bool = True,
+        echo: Callable[[str], None] = print,
+    ) -> Iterator[Study]:
+        """Create or reopen the folder, lock it, and yield the study (the lock is released on exit, even
+        on an exception). Raises :class:`RunError` for an unwritable, busy or old-layout folder."""
+        root = Path(root)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunError(f"Cannot write to the folder {root}: {error}") from error
+        if not os.access(root, os.W_OK):
+            raise RunError(f"Cannot write to the folder {root}: permission denied.")
+        with folder_lock(root):
+            _check_layout(root)
+            if not (root / "study.json").is_file():
+                write_json(root / "study.json", {"layout": LAYOUT, "plans": {}, "versions": library_versions()})
+            yield cls(root, device, progress, echo)
+
+    # ---- models ------------------------------------------------------------------------------------
+
+    def identity(self, model: str) -> dict:
+        """The model's identity (:func:`polineurons.models.model_identity`), computed once per study."""
+        if model not in self._identities:
+            self._identities[model] = model_identity(model)
+        return self._identities[model]
+
+    def base_model(self, model: str):
+        """The base model, loaded once and kept: scored and read, never trained."""
+        if model not in self._base_models:
+            self._base_models[model] = load_model(model, device=self.device)
+        return self._base_models[model]
+
+    def release_models(self) -> None:
+        """Forget the resident base models (frees their memory)."""
+        self._base_models.clear()
+
+    # ---- base scores -------------------------------------------------------------------------------
+
+    def _base_path(self, label: str, settings: dict) -> Path:
+        return self.root / "base" / f"{label}-{settings_key(as_stored(settings))}.json"
+
+    def _base_file(self, path: Path, settings: dict, compute: Callable[[], dict]) -> dict:
+        if path.is_file():
+            return read_json(path)
+        payload = {"settings": as_stored(settings), **compute()}
+        write_json(path, payload)
+        return payload
+
+    def _stance_file(self, model: str, data, config: StanceConfig) -> tuple[Path, dict]:
+        scoring = {k: v for k, v in asdict(config).items() if k != "neutral_items"}  # not a stance setting
+        settings = {
+            "model": self.identity(model),
+            "data": {"source": data.source, "fingerprint": data.fingerprint()},
+            "scoring": scoring,
+        }
+        return self._base_path(f"stance-{Path(data.source).name or 'data'}", settings), settings
+
+    def _neutral_file(self, model: str, items: int | None, batch_size: int) -> tuple[Path, dict]:
+        settings = {"model": self.identity(model), "neutral_items": items, "batch_size": batch_size}
+        return self._base_path("neutral", settings), settings
+
+    def base_stance(self, model: str, data, config: StanceConfig) -> StanceResult:
+        """The base model's stance on ``data``'s eval items, scored once per (model, data, scoring)."""
+        path, settings = self._stance_file(model, data, config)
+
+        def compute() -> dict:
+            return measure_stance(self.base_model(model), data, config, progress=self.progress).to_dict()
+
+        return StanceResult.from_dict(self._base_file(path, settings, compute))
+
+    def base_neutral(self, model: str, items: int | None, batch_size: int = 16) -> float:
+        """The base model's mean log-prob of the first ``items`` neutral texts, computed once."""
+        path, settings = self._neutral_file(model, items, batch_size)
+
+        def compute() -> dict:
+            base = self.base_model(model)
+            pairs = neutral_pairs(base.tokenizer, items)
+            return {"neutral_logprob": neutral_logprob(base, pairs, batch_size=batch_size)}
+
+        return self._base_file(path, settings, compute)["neutral_logprob"]
+
+    def base_scores(self, spec: TrialSpec) -> Scores:
+        """The base model scored exactly as every trial of ``spec`` is (:func:`polineurons.trial.score_model`)."""
+        stance = self.base_stance(spec.model, spec.dataset, spec.stance)
+        checks = {name: self.base_stance(spec.model, d, spec.check_stance) for name, d in spec.checks.items()}
+        neutral = self.base_neutral(spec.model, spec.stance.neutral_items, spec.stance.batch_size)
+        return Scores(stance, checks, neutral)
+
+    def base_files(self, spec: TrialSpec) -> dict:
+        """Where :meth:`base_scores` keeps each part, relative to the folder."""
+        stance = self._stance_file(spec.model, spec.dataset, spec.stance)[0]
+        checks = {name: self._stance_file(spec.model, d, spec.check_stance)[0] for name, d in spec.checks.items()}
+        neutral = self._neutral_file(spec.model, spec.stance.neutral_items, spec.stance.batch_size)[0]
+        relative = lambda path: str(path.relative_to(self.root))  # noqa: E731
+        return {
+            "stance": relative(stance),
+            "checks": {n: relative(p) for n, p in checks.items()},
+            "neutral": relative(neutral),
+        }
+
+    def forget_base(self, spec: TrialSpec) -> None:
+        """Delete the stored base scores of ``spec``, so that they are computed again."""
+        files = self.base_files(spec)
+        for relative in [files["stance"], files["neutral"], *files["checks"].values()]:
+            (self.root / relative).unlink(missing_ok=True)
+
+    # ---- trials ------------------------------------------------------------------------------------
+
+    def trial_settings(self, spec: TrialSpec, seed: int, recipe: dict | None = None) -> dict:
+        """The full settings of a trial, as stored: what its key is made of."""
+        finetune = {**asdict(spec.finetune), "seed": seed}
+        data = {"source": spec.dataset.source, "fingerprint": spec.dataset.fingerprint()}
+        settings = {
+            "model": self.identity(spec.model),
+            "data": data,
+            "target": spec.target,
+            "leaning": spec.leaning,
+            "finetune": finetune,
+            "intervention": recipe,
+            "scoring": spec.scoring(),
+        }
+        return as_stored(settings)
+
+    def trial_path(self, settings: dict) -> Path:
+        recipe = settings["intervention"]
+        label = recipe.get("label", recipe.get("method", "intervention")) if recipe else "vanilla"
+        name = f"{settings['target']}-{settings['leaning']}-{label}-seed{settings['finetune']['seed']}"
+        return self.root / "trials" / f"{name}-{settings_key(settings)}.json"
+
+    def model_path(self, settings: dict) -> Path:
+        """Where a trial's model is kept, when a plan asks for it."""
+        return self.root / "models" / self.trial_path(settings).stem
+
+    def stored_trial(self, spec: TrialSpec, *, seed: int = 0, recipe: dict | None = None) -> Trial | None:
+        """The stored trial with these settings, or None."""
+        path = self.trial_path(self.trial_settings(spec, seed, recipe))
+        return Trial.from_dict(read_json(path)) if path.is_file() else None
+
+    def trial(
+        self,
+        spec: TrialSpec,
+        *,
+        seed: int = 0,
+        recipe: dict | None = None,
+        intervention: Callable[[], Intervention | None] | None = None,
+        keep_model: bool = False,
+    ) -> Trial:
+        """The trial of ``spec`` with ``seed`` and the intervention ``recipe`` describes (None: vanilla):
+        the stored one when the folder holds it (and its model, with ``keep_model``), else trained,
+        scored and stored. ``intervention`` builds the intervention, only when training is needed
+        (directions and vectors can take a while)."""
+        settings = self.trial_settings(spec, seed, recipe)
+        path = self.trial_path(settings)
+        model_dir = self.model_path(settings) if keep_model else None
+        if path.is_file() and (model_dir is None or (model_dir / "config.json").is_file()):
+            self.echo(f"[{path.stem}] stored")
+            return Trial.from_dict(read_json(path))
+        began = time.perf_counter()
+        built = intervention() if intervention is not None else None
+        model = load_model(spec.model, device=self.device)  # a fresh copy: training changes it
+        trial = train_and_score(spec, model, seed=seed, intervention=built, model_dir=model_dir, progress=self.progress)
+        del model
+        write_json(path, {"settings": settings, **trial.to_dict()}, indent=None)
+        self.echo(f"[{path.stem}] trained and scored in {time.perf_counter() - began:.0f} s")
+        return trial
+
+    def forget_trial(self, spec: TrialSpec, *, seed: int = 0, recipe: dict | None = None) -> None:
+        """Delete a stored trial (and its kept model), so that the next :meth:`trial` trains it again."""
+        settings = self.trial_settings(spec, seed, recipe)
+        self.trial_path(settings).unlink(missing_ok=True)
+        model_dir = self.model_path(settings)
+        if model_dir.is_dir():
+            shutil.rmtree(model_dir)
+
+    def trials(self) -> Iterator[tuple[dict, Trial]]:
+        """Every trial the folder holds, as ``(settings, trial)``, in file-name order."""
+        for path in sorted((self.root / "trials").glob("*.json")):
+            data = read_json(path)
+            yield data["settings"], Trial.from_dict(data)
+
+    # ---- the guard ---------------------------------------------------------------------------------
+
+    def plans(self) -> dict[str, dict]:
+        """Each plan's guarded settings, as stored."""
+        return read_json(self.root / "study.json")["plans"]
+
+    def guard(self, plan: str, settings: dict, *, replace: bool = False) -> None:
+        """Refuse to add to ``plan``'s results (a summary over every trial of that plan in the folder)
+        with other settings than the folder's, naming what changed; the first call stores them.
+        ``replace`` stores the new settings instead (a plan that recomputes its results from scratch)."""
+        meta = read_json(self.root / "study.json")
+        settings = as_stored(settings)
+        stored = meta["plans"].get(plan)
+        if stored is not None and stored != settings and not replace:
+            raise RunError(
+                f"{self.root} holds {plan} results computed with other settings: "
+                f"{describe_changes(changed_settings(stored, settings))}; use a new --out folder."
+            )
+        if stored != settings:
+            meta["plans"][plan] = settings
+            meta["versions"] = library_versions()
+            write_json(self.root / "study.json", meta)
