@@ -19,8 +19,8 @@ A stage is finished when its marker ``stages/{stage}.json`` exists; the marker r
 the stage's results depend on (its own config sections and its upstream stages'; the model by
 identity, the data by content) and the study files it used (``outputs``). A rerun skips finished
 stages, refuses a changed configuration unless the stage is forced, and ``force`` recomputes a stage
-and the stages that read from it. An interrupted stage resumes: restarted with the same settings, it
-keeps its finished trials.
+(retraining its trials) and the stages that read from it. An interrupted stage resumes: restarted
+with the same settings, it keeps its finished trials.
 """
 
 from __future__ import annotations
@@ -208,7 +208,8 @@ def _stage_report(ctx: RunContext) -> None:
 @dataclass(frozen=True)
 class Stage:
     """One step of the pipeline: what it runs, which config sections it reads, which stages'
-    artifacts it reads, and (``forget``) how a forced recomputation deletes the study files it made."""
+    artifacts it reads, and (``forget``) how ``--force`` naming it deletes the study files it made (the
+    stages that read from it are recomputed too, reusing the study files whose keys still match)."""
 
     name: str
     run: Callable[[RunContext], None]
@@ -331,7 +332,7 @@ def run_pipeline(
                 continue
             layout.stage_marker(stage.name).unlink(missing_ok=True)
             if plan[stage.name] == "run":
-                if stage.name in forced and stage.forget is not None:
+                if stage.name in force and stage.forget is not None:  # named: its study files too
                     stage.forget(ctx)
                 for target in layout.stage_outputs(stage.name):
                     shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)

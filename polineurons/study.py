@@ -163,10 +163,6 @@ class Study:
             self._base_models[model] = load_model(model, device=self.device)
         return self._base_models[model]
 
-    def release_models(self) -> None:
-        """Forget the resident base models (frees their memory)."""
-        self._base_models.clear()
-
     # ---- base scores -------------------------------------------------------------------------------
 
     def _base_path(self, label: str, settings: dict) -> Path:

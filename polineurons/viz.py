@@ -104,13 +104,15 @@ def matrix_heatmaps(matrix: dict) -> go.Figure:
 def mitigation_frontier(mitigation: dict) -> go.Figure:
     """CTG reduction against target kept (``mitigation.json``): one curve per method from vanilla (1, 0)
     over its strengths (pooled over seeds, 95% CIs both ways), its random control dashed, and its
-    reading at 90% kept as a diamond. Up and to the right is better: more spill-over removed, more of
-    the target kept."""
+    reading at 90% kept as a diamond; each curve over the seeds its reading uses. Up and to the right is
+    better: more spill-over removed, more of the target kept."""
     figure = go.Figure()
     palette = ["#1b7837", "#d6604d", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#1f78b4"]
     origin = {"strength": 0.0, "target_kept": 1.0, "ctg_reduction": 0.0}
-    for number, (method, rows) in enumerate(mitigation["frontier"].items()):
+    for number, (method, every) in enumerate(mitigation["frontier"].items()):
         colour = palette[number % len(palette)]
+        seeds = mitigation["at_90"].get(method, {}).get("seeds")  # one curve: the rows on the most seeds
+        rows = [r for r in every if seeds is None or r["seeds"] == seeds]
         controls = [r["control"] | {"strength": r["strength"]} for r in rows if "control" in r]
         for label, series, dash in ((method, rows, "solid"), (f"{method} (control)", controls, "dash")):
             if not series:
@@ -153,14 +155,30 @@ def mitigation_frontier(mitigation: dict) -> go.Figure:
             )
     figure.add_vline(x=0.9, line_dash="dot", line_color=_GREY)
     figure.add_hline(y=0.0, line_color=_GREY, line_width=1)
-    points = [y for trace in figure.data for y in trace.y if np.isfinite(y)]
-    figure.update_yaxes(range=[max(-0.5, min(points) - 0.1), min(2.0, max(points) + 0.1)])
+    # whiskers included (only CIs beyond [-0.5, 2] run off the chart, where a ratio's denominator is near 0)
+    points = [
+        value
+        for trace in figure.data
+        for y, error in zip(trace.y, _whiskers(trace), strict=True)
+        for value in (y - error[0], y + error[1])
+        if np.isfinite(value)
+    ]
+    figure.update_yaxes(range=[max(-0.5, min(points) - 0.05), min(2.0, max(points) + 0.05)])
     figure.update_layout(
         title=f"Mitigations on {mitigation['target']} ({mitigation['leaning']}): spill-over removed vs target kept",
         xaxis_title="target shift kept (treated / vanilla)",
         yaxis_title="CTG reduction (1 − treated / vanilla CTG)",
     )
     return figure
+
+
+def _whiskers(trace: go.Scatter) -> list[tuple[float, float]]:
+    """Each point's (below, above) y error bar of a trace (zeros where it has none)."""
+    error = trace.error_y
+    if error is None or error.array is None:
+        return [(0.0, 0.0)] * len(trace.y)
+    below = error.arrayminus if error.arrayminus is not None else error.array
+    return list(zip(below, error.array, strict=True))
 
 
 def _row_errors(rows: Sequence[dict], key: str, colour: str) -> dict:

@@ -8,3 +8,8 @@ def prompt_batch(model, questions=("Should taxes rise?", "Is the border secure e
     rows = [encode_prompt(model.tokenizer, q) for q in questions]
     length = min(len(r) for r in rows)
     return torch.tensor([r[:length] for r in rows])
+
+
+def trial_labels(folder) -> list[str]:
+    """The trials a study folder holds, by label (their file names without the settings key), sorted."""
+    return sorted(path.name.rsplit("-", 1)[0] for path in (folder / "trials").glob("*.json"))

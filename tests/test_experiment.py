@@ -13,6 +13,7 @@ from polineurons.errors import RunError
 from polineurons.experiment import STAGES, downstream, run_pipeline
 from polineurons.stance import StanceResult
 from polineurons.trial import TrialSpec, train_and_score
+from tests.helpers import trial_labels
 
 
 @pytest.fixture
@@ -93,8 +94,7 @@ def test_mitigation_shares_the_finetune_stage_trial_and_training_is_deterministi
     """The mitigate stage's vanilla run IS the finetune stage's trial (one file, trained once), and
     training it afresh with the same settings gives the same stance."""
     out, _, _ = finished_run
-    names = sorted(p.name.rsplit("-", 1)[0] for p in (out / "trials").glob("*.json"))
-    assert names == [
+    assert trial_labels(out) == [
         "immigration-right-caft-control-s1-seed0",
         "immigration-right-caft-s1-seed0",
         "immigration-right-inhibit-zero-control-s1-seed0",
@@ -198,8 +198,7 @@ def test_seeds_and_a_left_leaning_run(tiny_env, tmp_path):
     first = load_run(tmp_path).generalization
     assert first.leaning == "left" and results["per_seed"][0]["target_shift"] == pytest.approx(first.target_shift)
     assert first.target_shift == pytest.approx(-first.shifts["immigration"].shift)
-    trials = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "trials").glob("*.json"))
-    assert trials == [
+    assert trial_labels(tmp_path) == [
         "immigration-left-caft-s1-seed0",
         "immigration-left-caft-s1-seed1",
         "immigration-left-vanilla-seed0",
