@@ -64,7 +64,6 @@ def test_every_stage_runs_and_writes_its_artifacts(finished_run):
         "stance-crosscheck",
         "stance-voices",
     ]
-    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     assert not [p for p in out.rglob("*.tmp")], "temporary files left behind"
 
 

@@ -49,6 +49,15 @@ def test_same_seed_gives_identical_weights(tiny_cache, pairs):
         assert torch.equal(p, q), name
 
 
+def test_different_seeds_give_different_weights(tiny_cache, pairs):
+    """Would catch a seed that is ignored: it sets the order of the training examples (8 pairs in
+    batches of 4, so the first step's batch differs)."""
+    a, b = fresh(tiny_cache), fresh(tiny_cache)
+    finetune(a, pairs, FinetuneConfig(**FAST, max_steps=1, seed=0), progress=False)
+    finetune(b, pairs, FinetuneConfig(**FAST, max_steps=1, seed=1), progress=False)
+    assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
 def test_mlp_mode_leaves_attention_and_embeddings_untouched(tiny_cache, pairs):
     model = fresh(tiny_cache)
     before = params(model)

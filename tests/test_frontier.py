@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from polineurons.frontier import Arm, frontier, league_text, summarize
+from polineurons.frontier import Arm, compare_runs, frontier, league_text, summarize
 from polineurons.stance import ItemScore, StanceResult
 from polineurons.stance import summarize as summarize_topics
 from polineurons.trial import Scores, Trial
@@ -93,3 +93,19 @@ def test_summary_league_ranks_by_reduction_at_90_and_lists_every_method():
     assert math.isclose(result["frontier"]["caft"][0]["perplexity_change"], 0.0, abs_tol=1e-12)
     text = league_text(result)
     assert text.index("caft") < text.index("steer") and "kl: no reading at 90% kept" in text
+
+
+def test_item_pairing_makes_a_method_that_halves_every_item_keep_exactly_half():
+    """Items that disagree (noisy shifts) but a method that halves each item's shift: paired across
+    base, vanilla and treated, every bootstrap draw keeps exactly half; drawing the items of each run
+    independently would give a wide interval."""
+    levels = [0.2, 1.9, -0.4, 0.7, 1.2, 0.1]
+
+    def run(scale: float) -> StanceResult:
+        scores = [ItemScore(f"{t}-{i}", t, scale * v, 0.0) for t in TOPICS for i, v in enumerate(levels)]
+        return StanceResult(tuple(scores), summarize_topics(scores))
+
+    zero = run(0.0)
+    out = compare_runs(zero, [run(1.0)], [run(0.5)], "a", "right", n_boot=300)
+    assert out["target_kept"].ci_low == pytest.approx(0.5) and out["target_kept"].ci_high == pytest.approx(0.5)
+    assert out["ctg_reduction"].value == pytest.approx(0.5) and out["target_shift"].ci_high > out["target_shift"].ci_low

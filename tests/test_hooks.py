@@ -152,6 +152,31 @@ def test_nested_contexts_compose(tiny_model):
     assert torch.allclose(twice, once, atol=1e-6)
 
 
+def test_nested_contexts_apply_in_the_order_entered(tiny_model):
+    """Patching then scaling is not scaling then patching: would catch hooks run in another order."""
+    tokens = prompt_batch(tiny_model)
+    chosen = some_neurons(tiny_model)
+    ones = {layer: torch.ones(*tokens.shape, len(index)) for layer, index in chosen.by_layer.items()}
+    patch, scale, record = patch_neurons, scale_neurons, record_neurons
+    with (
+        torch.no_grad(),
+        patch(tiny_model, chosen, ones),
+        scale(tiny_model, chosen, 3.0),
+        record(tiny_model, chosen) as patched_then_scaled,
+    ):
+        tiny_model(tokens)
+    with (
+        torch.no_grad(),
+        scale(tiny_model, chosen, 3.0),
+        patch(tiny_model, chosen, ones),
+        record(tiny_model, chosen) as scaled_then_patched,
+    ):
+        tiny_model(tokens)
+    for layer in chosen.by_layer:
+        assert torch.equal(patched_then_scaled[layer], torch.full_like(patched_then_scaled[layer], 3.0))
+        assert torch.equal(scaled_then_patched[layer], torch.ones_like(scaled_then_patched[layer]))
+
+
 def test_neuron_activations_picks_the_listed_neurons_in_order(tiny_llama):
     from polineurons.hooks import neuron_activations
 

@@ -9,9 +9,10 @@ import pytest
 
 from polineurons.config import RunConfig
 from polineurons.errors import RunError
-from polineurons.matrix import MatrixConfig, matrix_text, run_matrix
+from polineurons.matrix import LEANINGS, MatrixConfig, matrix_text, run_matrix
 from polineurons.report import build_matrix_report
 from polineurons.study import Study
+from tests.helpers import trial_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +51,11 @@ def test_matrix_cells_resume_and_report(tiny_env, tmp_path, monkeypatch):
         assert cell["headline"]["ctg"]["value"] == pytest.approx(sign * sum(others) / len(others))
         assert cell["target_shift"] == pytest.approx(sign * cell["shifts"][cell["target"]]["shift"])
     assert json.loads((tmp_path / "matrix.json").read_text()) == result
+    # each cell is the fine-tune toward its own leaning (the split's identities alone would hold for any two)
+    assert trial_labels(tmp_path) == [f"{t}-{lean}-vanilla-seed0" for t in ("race", "science") for lean in LEANINGS]
+    for path in (tmp_path / "trials").glob("*.json"):
+        trial = json.loads(path.read_text())
+        assert trial["training"]["leaning"] == trial["settings"]["leaning"] == path.name.split("-")[1]
     assert "race" in matrix_text(result) and "CTG on crosscheck" in matrix_text(result)
     page = build_matrix_report(result)
     assert page.count("Plotly.newPlot") == 1 and "fine-tuned toward left" in page and "CTG drift" in page

@@ -2,6 +2,7 @@
 control has the promised shape, nothing stays on the trained model, the registry refuses unknown
 methods, and the comparison resumes and grows in its study folder."""
 
+import contextlib
 import json
 from dataclasses import replace
 
@@ -10,15 +11,15 @@ import pytest
 import torch
 
 from polineurons import load_model
-from polineurons.data import load_data
+from polineurons.data import encode_prompt, encode_text, load_data
 from polineurons.directions import random_like, random_subspace, random_vector
 from polineurons.errors import RunError, UserError
 from polineurons.finetune import FinetuneConfig, finetune, training_pairs
 from polineurons.frontier import compare_runs
-from polineurons.hooks import AblateDirections, SteerResidual, StopGradNeurons
+from polineurons.hooks import AblateDirections, SteerResidual, StopGradNeurons, record_residual
 from polineurons.methods import METHODS, Ingredients, method
 from polineurons.mitigate import Arm, MitigateConfig, plan_arms, run_mitigation
-from polineurons.neurons import NeuronSet
+from polineurons.neurons import NeuronSet, neuron_parameters, resid_post_hook_name
 from polineurons.pnlac import Localization
 from polineurons.regularizers import KLToBase
 from polineurons.stance import ItemScore, StanceConfig, StanceResult, neutral_logprob, neutral_pairs, summarize
@@ -69,15 +70,48 @@ def vanilla(tiny_cache, pairs):
     return weights(model)
 
 
-@pytest.mark.parametrize("method", METHODS)
+NEURON_METHODS = [name for name, m in METHODS.items() if m.neurons]
+
+
+@pytest.mark.parametrize("method", [name for name, m in METHODS.items() if not m.neurons])
 def test_strength_zero_is_vanilla_bit_for_bit_and_leaves_no_trace(tiny_cache, pairs, located, vanilla, method):
+    """Installed at strength 0 (hooks or a loss term that multiply by 0), training equals vanilla bit for bit."""
     treated = load_model("tiny-llama", device="cpu", cache=tiny_cache)
     intervention = interventions(tiny_cache, located).build(Arm(method, 0.0))
-    assert intervention is not None  # installed, and still an identity
+    with intervention.apply(treated) as applied:  # really installed, not skipped
+        assert n_hooks(treated) > 0 or applied.extra_loss is not None
     finetune(treated, pairs, FAST, intervention=intervention, progress=False)
     for p, q in zip(vanilla, weights(treated), strict=True):
         assert torch.equal(p, q)
-    assert sum(len(hp._forward_hooks) for hp in treated.hook_dict.values()) == 0
+    assert n_hooks(treated) == 0
+
+
+@pytest.mark.parametrize("method", NEURON_METHODS)
+def test_neuron_methods_select_no_neuron_at_strength_zero(tiny_cache, located, method):
+    """Strength 0 is vanilla for the neuron methods by construction (an empty set; nothing to test bit
+    for bit here): the identity with a real set is test_finetune's scale-one test, and their effect on
+    the chosen neurons is tested below (stop-gradient) and in test_finetune (freeze, zero)."""
+    built = interventions(tiny_cache, located).build(Arm(method, 0.0))
+    assert len(built.neurons) == 0 and len(interventions(tiny_cache, located).build(Arm(method, 1.0)).neurons) > 0
+
+
+def n_hooks(model) -> int:
+    """Forward and backward hooks on the model's hook points, and gradient hooks on its parameters."""
+    points = sum(len(hp._forward_hooks) + len(hp._backward_hooks) for hp in model.hook_dict.values())
+    return points + sum(len(getattr(p, "_backward_hooks", None) or {}) for p in model.parameters())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_intervention_removes_what_it_installed_even_on_an_exception(tiny_cache, located, method):
+    """Would catch an intervention whose exit forgets a hook that leaves the forward unchanged (stop-
+    gradient, gradient-only ablation, freezing's gradient masks)."""
+    model = load_model("tiny-llama", device="cpu", cache=tiny_cache)
+    intervention = interventions(tiny_cache, located).build(Arm(method, 1.0))
+    with pytest.raises(RuntimeError, match="boom"), intervention.apply(model) as applied:
+        assert n_hooks(model) > 0 or applied.extra_loss is not None
+        model(prompt_batch(model))
+        raise RuntimeError("boom")
+    assert n_hooks(model) == 0
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -110,19 +144,105 @@ def test_controls_have_the_promised_rank_norm_and_layers(tiny_cache, located):
     assert torch.allclose(random_vector(torch.ones(64), 0).norm(), torch.tensor(8.0))
 
 
-def test_ablation_removes_the_direction_and_gradient_only_keeps_the_forward(tiny_llama):
-    q = random_subspace(tiny_llama.cfg.d_model, 2, 0)
-    tokens = prompt_batch(tiny_llama)
+def test_ablation_removes_the_component_along_the_directions_and_nothing_else(fresh_tiny_llama):
+    """Would catch an ablation that only perturbs the stream (the old check: logits changed)."""
+    model, q = fresh_tiny_llama, random_subspace(fresh_tiny_llama.cfg.d_model, 2, 0)
+    tokens = prompt_batch(model)
+    with torch.no_grad(), record_residual(model, [1]) as seen:
+        model(tokens)
+        clean = seen[1].clone()
+    for coefficient in (1.0, 0.5):
+        with torch.no_grad(), AblateDirections({1: q}, coefficient).apply(model), record_residual(model, [1]) as seen:
+            model(tokens)  # the recording hook runs after the ablation (hooks compose in the order entered)
+        torch.testing.assert_close(seen[1] @ q, (1 - coefficient) * (clean @ q), atol=1e-5, rtol=1e-4)
+        orthogonal = torch.eye(q.shape[0]) - q @ q.T
+        torch.testing.assert_close(seen[1] @ orthogonal, clean @ orthogonal, atol=1e-5, rtol=1e-4)
+
+
+def gradient_at_layer(model, layer: int, tokens, *intervention) -> torch.Tensor:
+    """The gradient of a fixed random projection of the logits with respect to the residual stream after
+    ``layer``, as it arrives there (before any intervention at that point)."""
+    captured = {}
+
+    def capture(resid, hook):
+        resid.retain_grad()
+        captured["resid"] = resid
+        return resid
+
+    weights_ = torch.randn(model.cfg.d_vocab, generator=torch.Generator().manual_seed(0))
+    with model.hooks(fwd_hooks=[(resid_post_hook_name(layer), capture)]), contextlib.ExitStack() as stack:
+        for item in intervention:
+            stack.enter_context(item.apply(model))
+        (model(tokens) @ weights_).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return captured["resid"].grad
+
+
+def test_gradient_only_ablation_keeps_the_forward_and_removes_the_gradient_along_the_directions(fresh_tiny_llama):
+    model, q = fresh_tiny_llama, random_subspace(fresh_tiny_llama.cfg.d_model, 2, 0)
+    tokens = prompt_batch(model)
     with torch.no_grad():
-        clean = tiny_llama(tokens)
-        with AblateDirections({1: q}, 1.0, gradient_only=True).apply(tiny_llama):
-            assert torch.equal(tiny_llama(tokens), clean)
-        with AblateDirections({1: q}, 1.0).apply(tiny_llama):
-            assert not torch.equal(tiny_llama(tokens), clean)
-        with SteerResidual(1, torch.zeros(tiny_llama.cfg.d_model), 5.0).apply(tiny_llama):
-            assert torch.equal(tiny_llama(tokens), clean)
-        with StopGradNeurons(NeuronSet.from_indices({0: range(96)}, 3, 96)).apply(tiny_llama):
-            assert torch.equal(tiny_llama(tokens), clean)
+        clean = model(tokens)
+        with AblateDirections({1: q}, 1.0, gradient_only=True).apply(model):
+            assert torch.equal(model(tokens), clean)
+    plain = gradient_at_layer(model, 1, tokens)
+    ablated = gradient_at_layer(model, 1, tokens, AblateDirections({1: q}, 1.0, gradient_only=True))
+    assert (plain @ q).abs().max() > 1e-3  # there was a gradient along q to remove
+    assert (ablated @ q).abs().max() < 1e-6 * plain.abs().max()
+    orthogonal = torch.eye(q.shape[0]) - q @ q.T
+    torch.testing.assert_close(ablated @ orthogonal, plain @ orthogonal, atol=1e-6, rtol=1e-4)
+
+
+def test_stopgrad_keeps_the_forward_and_blocks_the_gradient_to_the_neurons_input_weights(fresh_tiny_llama):
+    model, tokens = fresh_tiny_llama, prompt_batch(fresh_tiny_llama)
+    chosen = NeuronSet.from_indices({1: [3, 40]}, 3, 96)
+    with torch.no_grad():
+        clean = model(tokens)
+    with StopGradNeurons(chosen).apply(model):
+        out = model(tokens)
+        assert torch.equal(out.detach(), clean)
+        out.sum().backward()
+    index = torch.tensor([3, 40])
+    for name, parameter, dim in neuron_parameters(model, 1):
+        rows = parameter.grad.index_select(dim, index)
+        if name.endswith(("gate.weight", "in.weight")):  # reached only through the stopped activations
+            assert torch.count_nonzero(rows) == 0, name
+            assert torch.count_nonzero(parameter.grad) > 0, name  # the other neurons' rows still learn
+        else:  # the output weights still see the activations' values
+            assert torch.count_nonzero(rows) > 0, name
+    with SteerResidual(1, torch.zeros(model.cfg.d_model), 5.0).apply(model), torch.no_grad():
+        assert torch.equal(model(tokens), clean)
+
+
+def test_steering_points_the_trained_way_at_the_middle_layer_and_kl_texts_leave_out_the_target(tiny_cache):
+    def ingredients(leaning):
+        spec = TrialSpec(load_data(), "race", leaning, FAST, StanceConfig(max_items=1), model="tiny-llama")
+        base = lambda: load_model("tiny-llama", device="cpu", cache=tiny_cache)  # noqa: E731
+        return Ingredients(MitigateConfig(items=2), spec, base)
+
+    right, left = ingredients("right"), ingredients("left")
+    (layer, toward_right), (_, toward_left) = right.steering(0, False), left.steering(0, False)
+    assert layer == 3 // 2 and torch.allclose(toward_left, -toward_right)
+    # toward right: the other topics' right answers sit further along it than their left answers
+    items = right.other_items()
+    assert {i.topic for i in items} == set(load_data().topics) - {"race"} and len(items) == 2 * 5
+    tokenizer = right.base.tokenizer
+
+    def answer_mean(item, side):  # the residual stream after the steering layer, mean over the answer
+        prompt = encode_prompt(tokenizer, item.question)
+        answer = encode_text(tokenizer, item.answer(side), prompt_start=False)[:48]
+        with torch.no_grad(), record_residual(right.base, [layer]) as seen:
+            right.base(torch.tensor([prompt + answer]))
+        return seen[layer][0, len(prompt) :].mean(0)
+
+    gaps = [float((answer_mean(i, "right") - answer_mean(i, "left")) @ toward_right) for i in items]
+    assert sum(gaps) > 0
+    tokenizer, texts = right.base.tokenizer, right.texts(others=True)
+    prompts = {tuple(encode_prompt(tokenizer, i.question)) for i in items}
+    own = load_data().select(topics=["race"], split="train", max_items=2).items
+    target = {tuple(encode_prompt(tokenizer, i.question)) for i in own}
+    starts = [next(p for p in prompts | target if tuple(t[: len(p)]) == p) for t in texts]
+    assert len(texts) == 2 * len(items) and set(starts) == prompts  # both answers of every other topic's item
 
 
 def test_kl_to_an_identical_base_is_zero(tiny_llama, tiny_cache):

@@ -84,6 +84,16 @@ def test_skipped_prefix_tokens_are_not_scored(tiny_llama, tiny_cache, sequences)
         contrast_scores(tiny_llama, other, [sequences[0][:skip]], skip=skip)
 
 
+def test_top_percent_keeps_the_highest_scores():
+    """Would catch a selection of the lowest scores, or of the right count in the wrong places."""
+    scores = torch.tensor([[0.1, 0.9, 0.3, 0.5], [0.8, 0.2, 0.7, 0.0]])
+    assert sorted(top_percent(scores, 25)) == [(0, 1), (1, 0)]  # the two highest: 0.9 and 0.8
+    assert sorted(top_percent(scores, 50)) == [(0, 1), (0, 3), (1, 0), (1, 2)]
+    chosen = top_percent(torch.rand(4, 50, generator=torch.Generator().manual_seed(1)), 30)
+    values = torch.rand(4, 50, generator=torch.Generator().manual_seed(1))
+    assert values[chosen.mask].min() > values[~chosen.mask].max()
+
+
 def test_top_percent_and_general_specific_split():
     generator = torch.Generator().manual_seed(0)
     top = {t: top_percent(torch.rand(4, 50, generator=generator), 30) for t in ("a", "b", "c")}
@@ -116,10 +126,16 @@ def test_localize_ranking_and_round_trip(tiny_llama, tiny_cache, tmp_path):
     assert set(result.top) == {"race", "science", "immigration"}
     summary = result.summary()
     assert summary["general"]["count"] == len(result.general) and summary["jaccard"]["race"]["race"] == 1.0
-    ranked = result.general_ranking()
-    mean = torch.stack(list(result.scores.values())).mean(0)
-    values = [float(mean[layer, i]) for layer, i in ranked.tolist()]
-    assert values == sorted(values, reverse=True)
+    bumped = {(0, 5), (1, 6), (2, 7)}  # the edited neurons are general, and the three of them rank first
+    assert bumped <= set(result.general) and set(map(tuple, result.general_ranking()[:3].tolist())) == bumped
+    ranked = result.general_ranking().tolist()
+    topics = list(result.scores)
+
+    def mean_score(layer, index):  # the mean over topics, one topic at a time
+        return sum(float(result.scores[t][layer, index]) for t in topics) / len(topics)
+
+    values = [mean_score(layer, i) for layer, i in ranked]
+    assert values == pytest.approx(sorted(values, reverse=True)) and len(ranked) == len(result.general)
     chosen = result.top_general(1.0)
     assert len(chosen) == min(round(288 * 0.01), len(result.general)) and not chosen - result.general
     result.save(tmp_path / "loc")

@@ -192,6 +192,34 @@ def test_a_killed_sweep_resumes_to_the_same_numbers(tiny_cache, tiny_env, tmp_pa
     assert a["frontier"] == b["frontier"] and a["at_90"] == b["at_90"]
 
 
+def test_a_run_killed_mid_fine_tune_resumes_to_the_same_numbers(tiny_cache, tiny_env, tmp_path):
+    args = [*SMOKE_RUN, "--seeds", "3", "--mitigate.methods"]  # three fine-tunes, no mitigation
+    env = subprocess_env(tiny_cache)
+    killed = subprocess.Popen(
+        [*CLI, *args, "--out", tmp_path / "k"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    trials = tmp_path / "k" / "trials"
+    wait_for(lambda: len(list(trials.glob("*.json"))) >= 1 or killed.poll() is not None)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    stages = tmp_path / "k" / "stages"
+    assert (stages / "finetune.started.json").is_file() and not (stages / "finetune.json").is_file()
+    assert 1 <= len(list(trials.glob("*.json"))) < 3, "the kill came after the fine-tunes"
+    resumed = subprocess.run([*CLI, *args, "--out", tmp_path / "k"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0 and "[finetune] resuming" in resumed.stdout, resumed.stderr[-2000:]
+    whole = subprocess.run([*CLI, *args, "--out", tmp_path / "w"], env=env, capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    def numbers(folder):  # everything but times
+        results = json.loads((folder / "results.json").read_text())
+        results.pop("stage_seconds")
+        for row in results["finetune"]:
+            row.pop("seconds")
+        return results
+
+    assert numbers(tmp_path / "k") == numbers(tmp_path / "w")
+
+
 def test_reading_a_run_folder_imports_no_training_code():
     code = (
         "import sys, polineurons.artifacts, polineurons.viz, polineurons.report\n"

@@ -1,0 +1,42 @@
+"""The mitigations' residual directions on a tiny model: the leaning direction is a unit vector with no
+component along the target topic's own direction, and PCA of (fine-tuned − base) finds a planted change."""
+
+import torch
+
+from polineurons import load_model
+from polineurons.data import encode_prompt, load_data
+from polineurons.directions import difference_pcs, leaning_directions
+from polineurons.screen import answer_direction
+
+
+def test_the_leaning_direction_is_a_unit_vector_orthogonal_to_the_targets_own(tiny_llama):
+    """Would catch a direction left unorthogonalized (ablating it would also cut the target's own push)."""
+    data, layers = load_data(), [0, 2]
+    general = leaning_directions(tiny_llama, data, "race", layers, max_items=3)
+    plain = leaning_directions(tiny_llama, data, "race", layers, max_items=3, orthogonal_to_target=False)
+    own_items = data.select(topics=["race"], split="train", max_items=3).items
+    own = answer_direction(tiny_llama, own_items, layers, max_answer_tokens=48).float()
+    for k, layer in enumerate(layers):
+        v, unit_own = general[layer][:, 0], own[k] / own[k].norm()
+        assert general[layer].shape == (tiny_llama.cfg.d_model, 1)
+        assert abs(float(v.norm()) - 1) < 1e-5 and abs(float(v @ unit_own)) < 1e-5
+        assert abs(float(plain[layer][:, 0] @ unit_own)) > 1e-3  # there was a shared part to remove
+
+
+def test_difference_pcs_find_a_planted_rank_one_change(tiny_cache):
+    """A rank-one edit of one layer's MLP output weights moves the residual stream after that layer
+    along one direction only: the top principal component of (fine-tuned − base) is that direction."""
+    base = load_model("tiny-llama", device="cpu", cache=tiny_cache)
+    tuned = load_model("tiny-llama", device="cpu", cache=tiny_cache)
+    generator = torch.Generator().manual_seed(0)
+    u = torch.randn(base.cfg.d_model, generator=generator)
+    u = u / u.norm()
+    with torch.no_grad():
+        weight = tuned.blocks[1].mlp.out.original_component.weight  # [d_model, d_mlp]
+        weight += torch.outer(u, torch.randn(base.cfg.d_mlp, generator=generator))
+    questions = [item.question for item in load_data().select(split="eval", max_items=2).items[:6]]
+    sequences = [encode_prompt(base.tokenizer, q) for q in questions]
+    pcs = difference_pcs(base, tuned, sequences, [1], 2)[1]
+    assert pcs.shape == (base.cfg.d_model, 2)
+    torch.testing.assert_close(pcs.T @ pcs, torch.eye(2), atol=1e-5, rtol=0)
+    assert abs(float(pcs[:, 0] @ u)) > 0.999
