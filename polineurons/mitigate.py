@@ -3,8 +3,8 @@ method × strength × seed, each with its matched random control (the methods: :
 
 A call trains what the folder lacks and writes ``mitigation.json`` over EVERY mitigation trial the
 folder holds (:mod:`polineurons.frontier`): a second call with other methods, strengths or seeds adds
-to the same frontier. Other settings (model, data, target, training, scoring, the methods' units, the
-settings a method reads: its units, the general neurons) are refused, naming what changed.
+to the same frontier. Other shared settings (model, data, target, leaning, training, scoring) or, per
+method, other settings it reads (its units, the general neurons) are refused, naming what changed.
 """
 
 from __future__ import annotations
@@ -68,11 +68,15 @@ def shared_settings(study: Study, spec: TrialSpec) -> dict:
     return shared
 
 
+def method_plans(study: Study) -> dict[str, dict]:
+    """``method -> settings`` of every method the folder's comparison holds (:func:`method_settings`)."""
+    return {name.split("/", 1)[1]: s for name, s in study.plans().items() if name.startswith("mitigate/")}
+
+
 def folder_arms(study: Study, spec: TrialSpec) -> list[tuple[Arm, Trial]]:
     """Every trial in the folder that belongs to its comparison: trained with ``spec``'s shared settings,
     vanilla or a method with the settings the folder holds for it (any strength, control, seed)."""
-    shared = shared_settings(study, spec)
-    methods = {name.split("/", 1)[1]: s for name, s in study.plans().items() if name.startswith("mitigate/")}
+    shared, methods = shared_settings(study, spec), method_plans(study)
     found = []
     for settings, trial in study.trials():
         seed, made = settings["finetune"]["seed"], settings["intervention"]
@@ -134,7 +138,7 @@ def run_mitigation(
             intervention=lambda arm=arm, chosen=chosen: chosen.build(ingredients, arm.strength, arm.seed, arm.control),
         )
     result = summarize(base, folder_arms(study, spec), spec.target, spec.leaning)
-    methods = {name.split("/", 1)[1]: s for name, s in study.plans().items() if name.startswith("mitigate/")}
+    methods = method_plans(study)
     result.update(
         {
             "model": spec.model,
