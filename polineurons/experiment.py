@@ -252,8 +252,8 @@ def resolve_inputs(study: Study, spec: TrialSpec) -> dict:
     are a changed setting."""
     return {
         "model": study.identity(spec.model),
-        "data": {"source": spec.dataset.source, "fingerprint": spec.dataset.fingerprint()},
-        "check_data": {name: {"source": d.source, "fingerprint": d.fingerprint()} for name, d in spec.checks.items()},
+        "data": spec.dataset.identity,
+        "check_data": {name: d.identity for name, d in spec.checks.items()},
     }
 
 

@@ -179,7 +179,7 @@ class Study:
         scoring = {k: v for k, v in asdict(config).items() if k != "neutral_items"}  # not a stance setting
         settings = {
             "model": self.identity(model),
-            "data": {"source": data.source, "fingerprint": data.fingerprint()},
+            "data": data.identity,
             "scoring": scoring,
         }
         return self._base_path(f"stance-{Path(data.source).name or 'data'}", settings), settings
@@ -238,10 +238,9 @@ class Study:
     def trial_settings(self, spec: TrialSpec, seed: int, recipe: dict | None = None) -> dict:
         """The full settings of a trial, as stored: what its key is made of."""
         finetune = {**asdict(spec.finetune), "seed": seed}
-        data = {"source": spec.dataset.source, "fingerprint": spec.dataset.fingerprint()}
         settings = {
             "model": self.identity(spec.model),
-            "data": data,
+            "data": spec.dataset.identity,
             "target": spec.target,
             "leaning": spec.leaning,
             "finetune": finetune,

@@ -69,7 +69,7 @@ class TrialSpec:
 
     def scoring(self) -> dict:
         """The scoring settings, as stored (JSON-ready): what a trial's and the base's scores depend on."""
-        checks = {name: {"source": d.source, "fingerprint": d.fingerprint()} for name, d in self.checks.items()}
+        checks = {name: d.identity for name, d in self.checks.items()}
         return {"stance": asdict(self.stance), "checks": checks, "check_stance": asdict(self.check_stance)}
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import astuple, dataclass, replace
+from functools import cached_property
 
 from polineurons.errors import UserError
 
@@ -105,11 +106,12 @@ class StanceDataset:
         statements = tuple(s for s in self.statements if s.topic in wanted)
         return replace(self, items=tuple(items), statements=statements)
 
-    def fingerprint(self) -> str:
-        """A hash of every stance item's text, topic and split: the same name with edited contents
-        (a user's JSONL file changed between two runs) gives another fingerprint."""
+    @cached_property
+    def identity(self) -> dict[str, str]:
+        """Its name and a hash of every stance item's text, topic and split (computed once): the same
+        name with edited contents (a user's JSONL file changed between two runs) is other data."""
         text = json.dumps([astuple(item) for item in self.items], ensure_ascii=False)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+        return {"source": self.source, "fingerprint": hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]}
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``topic -> {split: n}``."""
