@@ -32,13 +32,14 @@ import torch
 
 from polineurons import load_model
 from polineurons.batching import length_sorted_batches, pad_id_of, pad_right, sequence_batches
+from polineurons.contrasts import finetune_contrast
 from polineurons.data import encode_prompt, load_data
 from polineurons.finetune import FinetuneConfig, finetune, training_pairs
 from polineurons.hooks import ScaleNeurons
 from polineurons.models import EMBEDDED_MODEL
 from polineurons.neurons import NeuronSet, mlp_post_hook_name, model_shape
 from polineurons.patching import check_attribution
-from polineurons.pnlac import contrast_scores, top_percent
+from polineurons.pnlac import top_percent
 from polineurons.stance import continuation_logprobs, stance_pairs
 from polineurons.versions import library_versions
 
@@ -180,7 +181,7 @@ def bench_contrast_vs_forwards(base, tuned, n_prompts: int, reps: int) -> Measur
     m = side_by_side(
         "1. PNLAC contrast vs two plain forwards",
         "<= 1.2x",
-        lambda: contrast_scores(base, tuned, sequences),
+        lambda: finetune_contrast(base, tuned, sequences),
         lambda: plain_forwards(base, tuned, sequences),
         reps,
     )
@@ -190,12 +191,12 @@ def bench_contrast_vs_forwards(base, tuned, n_prompts: int, reps: int) -> Measur
 
 def bench_contrast_vs_reference(base, tuned, n_prompts: int, reps: int) -> Measurement:
     sequences = question_sequences(base, n_prompts)
-    ours = contrast_scores(base, tuned, sequences)
+    ours = finetune_contrast(base, tuned, sequences)
     theirs = reference_contrast(base, tuned, sequences)
     m = side_by_side(
         "2. PNLAC contrast vs per-sample reference loop",
         ">= 5x",
-        lambda: contrast_scores(base, tuned, sequences),
+        lambda: finetune_contrast(base, tuned, sequences),
         lambda: reference_contrast(base, tuned, sequences),
         reps,
         invert=True,
@@ -292,17 +293,17 @@ def _memory_child(name: str, device: str, n_prompts: int) -> dict:
     base, tuned = load_model(name, device=device), perturbed_copy(name, device)
     # the same 64 prompts repeated: both sizes share the longest batch, so only the count differs
     sequences = question_sequences(base, 64) * max(1, n_prompts // 64)
-    contrast_scores(base, tuned, sequences[:8])  # warm-up: allocator pools, lazy init
+    finetune_contrast(base, tuned, sequences[:8])  # warm-up: allocator pools, lazy init
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        contrast_scores(base, tuned, sequences)
+        finetune_contrast(base, tuned, sequences)
         return {"extra_peak_bytes": torch.cuda.max_memory_allocated() - before, "kind": "cuda allocated"}
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter (VmHWM)
     before = _status_kb("VmRSS")
-    contrast_scores(base, tuned, sequences)
+    finetune_contrast(base, tuned, sequences)
     return {"extra_peak_bytes": (_status_kb("VmHWM") - before) * 1024, "kind": "process RSS"}
 
 

@@ -25,10 +25,11 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from polineurons.claims import paper_claims
 from polineurons.errors import RunError
 from polineurons.generalization import Generalization, Headline, SeedHeadlines
 from polineurons.io import read_json
-from polineurons.patching import Recovery, recovery_from_dict
+from polineurons.patching import CTG, Recovery, recovery_from_dict
 from polineurons.stance import StanceResult
 
 
@@ -122,7 +123,7 @@ def load_run(out_dir: str | Path) -> RunArtifacts:
     if patch := read("patch", layout.patch):
         run.patch, run.recovery = patch, recovery_from_dict(patch["recovery"])
     run.mitigation = read("mitigate", layout.mitigation)
-    if examples := read("localize", layout.examples):
+    if (examples := read("localize", layout.examples)) and layout.example_activations.is_file():
         run.examples = {**examples, "activations": load_file(str(layout.example_activations))}
     return run
 
@@ -190,21 +191,31 @@ def collect_results(run: RunArtifacts) -> dict:
         results["specific_neurons"] = {t: row["count"] for t, row in summary["specific"].items()}
     if run.recovery:
         target = run.patch["target"]
-        on_target = {name: rows[target].recovery for name, rows in run.recovery.items()}
-        randoms = [v for name, v in on_target.items() if name.startswith("random:")]
         results["patching_recovery_on_target"] = {
-            "general": on_target.get("general"),
-            "random_mean": sum(randoms) / len(randoms) if randoms else None,
-            "random": randoms,
-            "specific_target": on_target.get(f"specific:{target}"),
-            "all": on_target.get("all"),
+            **_recovery_on(run.recovery, target),
+            "specific_target": run.recovery.get(f"specific:{target}", {}).get(target, _NONE).recovery,
+            "all": run.recovery.get("all", {}).get(target, _NONE).recovery,
             "full_shift": run.recovery["general"][target].full_shift,
             "n_items": run.recovery["general"][target].n,
         }
+        if all(CTG in rows for rows in run.recovery.values()):
+            results["patching_recovery_on_ctg"] = _recovery_on(run.recovery, CTG)
+    if run.localize:
+        results["claims"] = [c.to_dict() for c in paper_claims(run.localize, run.patch, run.mitigation)]
     if run.mitigation:
         m = run.mitigation
         results["mitigation"] = {key: m[key] for key in ("vanilla", "frontier", "at_90", "league")}
     return results
+
+
+_NONE = Recovery(None, None, None, None, None, 0)  # type: ignore[arg-type]  # a set that was not patched
+
+
+def _recovery_on(recovery: dict[str, dict[str, Recovery]], column: str) -> dict:
+    """The general set's and the random controls' recovery in one column (a topic, or ``ctg``)."""
+    randoms = [rows[column].recovery for name, rows in recovery.items() if name.startswith("random:")]
+    general = recovery.get("general", {}).get(column, _NONE).recovery
+    return {"general": general, "random_mean": sum(randoms) / len(randoms) if randoms else None, "random": randoms}
 
 
 def _interval(estimate: dict) -> str:
@@ -237,6 +248,8 @@ def results_text(results: dict) -> str:
             f"patching recovery on target: general {fmt(patch['general'])}, "
             f"random {fmt(patch['random_mean'])}, all {fmt(patch['all'])}"
         )
+    if patch := results.get("patching_recovery_on_ctg"):
+        lines.append(f"patching recovery on CTG: general {fmt(patch['general'])}, random {fmt(patch['random_mean'])}")
     mitigation = results.get("mitigation", {})
     for row in mitigation.get("league", []):
         control = row["control_ctg_reduction"]
@@ -248,5 +261,7 @@ def results_text(results: dict) -> str:
     for method, at_90 in mitigation.get("at_90", {}).items():
         if at_90["ctg_reduction"] is None:
             lines.append(f"mitigation {method}: {at_90['reason']}")
+    mark = {True: " — holds", False: " — does not hold", None: ""}
+    lines += [f"claim ({c['key']}) {c['claim']}: {c['measured']}{mark[c['holds']]}" for c in results.get("claims", [])]
     lines.append(f"stage time {sum(results['stage_seconds'].values()):.0f} s in all")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from typing import Annotated, Literal, Union
 import tyro
 
 from polineurons.artifacts import load_run, results_text
-from polineurons.config import RunConfig
+from polineurons.config import RunConfig, preset_named
 from polineurons.data import load_data
 from polineurons.errors import UserError
 from polineurons.experiment import STAGES, run_pipeline
@@ -57,6 +57,9 @@ class _OnData:
     data: Data = "voices"
     device: Device = None
 
+    def load(self, model: str | Path | None):
+        return load_model(model, device=self.device) if model else None
+
 
 @dataclass(kw_only=True)
 class _OnPair(_OnData):  # compares a fine-tuned model with its base
@@ -64,7 +67,7 @@ class _OnPair(_OnData):  # compares a fine-tuned model with its base
     base: Base = EMBEDDED_MODEL
 
     def models(self):
-        return load_model(self.base, device=self.device), load_model(self.finetuned, device=self.device)
+        return self.load(self.base), self.load(self.finetuned)
 
 
 @dataclass
@@ -148,15 +151,21 @@ class Generalization(_OnPair):
 
 
 @dataclass(kw_only=True)
-class Localize(_OnPair):
-    """PNLAC: contrast base and fine-tuned activations per topic; save general and topic-specific neurons."""
+class Localize(_OnData):
+    """PNLAC: contrast activations per topic (--contrast); save general and topic-specific neurons."""
 
-    out: Path
-    """Folder for NeuronSets, scores and summary.json."""
+    out: Path  # Folder for NeuronSets, scores and summary.json.
+    finetuned: Path | None = None  # The model fine-tuned toward --leaning (every contrast but answers).
+    opposite: Path | None = None  # The model fine-tuned toward the other leaning (contrast leaning).
+    base: Base = EMBEDDED_MODEL
+    target: Target | None = None
+    leaning: Leaning = "right"
     config: Annotated[LocalizeConfig, Flat] = LocalizeConfig()
 
     def __call__(self) -> None:
-        located = localize(*self.models(), _dataset(self.data), self.config)
+        base, tuned, opposite = (self.load(m) for m in (self.base, self.finetuned, self.opposite))
+        options = {"target": self.target, "opposite": opposite, "leaning": self.leaning}
+        located = localize(base, tuned, _dataset(self.data, self.target), self.config, **options)
         print(f"{located.describe()}\nsaved to {located.save(self.out)}")
 
 
@@ -164,10 +173,8 @@ class Localize(_OnPair):
 class Patch(_OnPair):
     """Patch neuron sets from the fine-tuned model into the base; recovery per topic with CIs."""
 
-    neurons: Path
-    """A `polineurons localize` output folder."""
-    out: Path
-    """Write the recovery table (set x topic) as JSON here."""
+    neurons: Path  # A `polineurons localize` output folder.
+    out: Path  # Write the recovery table (set x topic) as JSON here.
     target: Target | None = None
     config: Annotated[PatchConfig, Flat] = PatchConfig()
 
@@ -202,8 +209,7 @@ class Screen(_OnData):
 
     target: Target
     model: Model = EMBEDDED_MODEL
-    eval_data: str | None = None
-    """Data whose eval answers the training push is compared with (default: --data)."""
+    eval_data: str | None = None  # Data whose eval answers the training push is compared with (default: --data).
     config: Annotated[ScreenConfig, Flat] = ScreenConfig()
     out: JsonOut = None
 
@@ -270,11 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``polineurons`` command: user errors print their message and exit 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        # the preset named by --preset gives the defaults that run's and matrix's other options override
-        named = [v for k, v in zip(argv, argv[1:], strict=False) if k == "--preset"]
-        preset = RunConfig.from_preset(
-            ([a.split("=", 1)[1] for a in argv if a.startswith("--preset=")] + named + ["quick"])[0]
-        )
+        preset = RunConfig.from_preset(preset_named(argv))  # its values: the defaults other options override
         frontier = replace(preset, mitigate=replace(preset.mitigate, strengths=()))  # mitigate: each method's own
         defaults = {
             Run: Run(tyro.MISSING, preset),

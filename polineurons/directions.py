@@ -7,12 +7,14 @@
 - :func:`difference_pcs`: the top principal components of (fine-tuned − base) residual activations
   on some sequences (CAFT's choice of directions).
 - :func:`random_subspace` and :func:`random_like`: controls with the same rank, or the same norm.
+- :func:`neuron_direction_cosines`: how well a neuron set's output weights line up with a direction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -20,6 +22,7 @@ from torch import Tensor
 from polineurons.batching import length_sorted_batches, pad_id_of, pad_right
 from polineurons.data.items import StanceDataset
 from polineurons.hooks import record_residual
+from polineurons.neurons import NeuronSet, neuron_parameters
 from polineurons.screen import answer_direction
 
 Directions = dict[int, Float[Tensor, "d_model k"]]
@@ -86,3 +89,52 @@ def random_like(directions: Directions, seed: int) -> Directions:
 def random_vector(vector: Float[Tensor, " d_model"], seed: int) -> Float[Tensor, " d_model"]:
     """A uniformly random direction with the same norm as ``vector``."""
     return random_subspace(vector.shape[0], 1, seed)[:, 0] * vector.norm()
+
+
+def output_weights(model, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+    """Each neuron's output weights at ``layer``: what one unit of its activation adds to the residual."""
+    for name, parameter, neuron_dim in neuron_parameters(model, layer):
+        if name.endswith(".out.weight"):
+            return parameter.detach().movedim(neuron_dim, 0).float().cpu()
+    raise ValueError(f"Layer {layer}'s MLP has no output projection through the bridge.")
+
+
+def neuron_direction_cosines(
+    model, neurons: NeuronSet, signs: Float[Tensor, "n_layers d_mlp"], directions: Directions
+) -> dict[int, dict[str, float]]:
+    """Per direction layer: the mean and mean absolute cosine between each neuron's output weights,
+    times its sign (which way its contrast points), and the layer's first direction; over ``neurons``
+    of every layer (all write into the same residual stream)."""
+    pairs = list(neurons)
+    weights = {layer: output_weights(model, layer) for layer in neurons.layers}
+    if not pairs:
+        return {layer: {"mean": float("nan"), "mean_abs": float("nan"), "n": 0} for layer in directions}
+    rows = torch.stack([weights[layer][index] * float(signs[layer, index] or 1.0) for layer, index in pairs])
+    result = {}
+    for layer, basis in directions.items():
+        cosine = torch.nn.functional.cosine_similarity(rows, basis[:, 0].float().cpu()[None, :], dim=-1)
+        result[layer] = {"mean": float(cosine.mean()), "mean_abs": float(cosine.abs().mean()), "n": len(pairs)}
+    return result
+
+
+def set_direction_cosines(
+    model,
+    dataset: StanceDataset,
+    target: str,
+    sets: dict[str, list[NeuronSet]],
+    signs: Float[Tensor, "n_layers d_mlp"],
+    layers: Sequence[int],
+    *,
+    max_items: int | None = 32,
+) -> dict[str, dict[int, dict[str, float]]]:
+    """:func:`neuron_direction_cosines` of each named group of sets (averaged over the group's sets)
+    against the leaning direction (:func:`leaning_directions`, orthogonal to the target's) at ``layers``."""
+    directions = leaning_directions(model, dataset, target, layers, max_items=max_items)
+    result: dict[str, dict[int, dict[str, float]]] = {}
+    for name, group in sets.items():
+        rows = [neuron_direction_cosines(model, neurons, signs, directions) for neurons in group]
+        result[name] = {
+            layer: {key: float(np.mean([r[layer][key] for r in rows])) for key in ("mean", "mean_abs", "n")}
+            for layer in directions
+        }
+    return result

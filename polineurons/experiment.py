@@ -28,7 +28,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -38,6 +38,7 @@ from polineurons.artifacts import RunLayout, collect_results, load_run
 from polineurons.config import RunConfig, trial_spec
 from polineurons.data import encode_prompt
 from polineurons.data.items import StanceDataset
+from polineurons.directions import set_direction_cosines
 from polineurons.errors import RunError
 from polineurons.generalization import compare, seed_headlines
 from polineurons.hooks import neuron_activations
@@ -45,9 +46,10 @@ from polineurons.io import atomic_path, read_json, write_json
 from polineurons.methods import neurons_fingerprint
 from polineurons.mitigate import method_settings, plan_arms, recipe, run_mitigation
 from polineurons.models import load_model
-from polineurons.patching import patch_experiment
+from polineurons.patching import disjoint_controls, patch_experiment
 from polineurons.pnlac import Localization, localize
 from polineurons.report import write_report
+from polineurons.screen import default_layers
 from polineurons.stance import StanceResult
 from polineurons.study import Study, as_stored, changed_settings, describe_changes
 from polineurons.trial import TrialSpec
@@ -132,7 +134,19 @@ def _stage_generalization(ctx: RunContext) -> None:
 
 
 def _stage_localize(ctx: RunContext) -> None:
-    located = localize(ctx.base, ctx.tuned, ctx.dataset, ctx.config.localize, progress=ctx.progress)
+    config = ctx.config
+    opposite = None
+    if config.localize.contrast == "leaning":  # the first seed's fine-tune toward the other leaning, kept
+        spec, seed = (
+            replace(ctx.spec, leaning="left" if config.leaning == "right" else "right"),
+            config.training_seeds[0],
+        )
+        ctx.study.trial(spec, seed=seed, keep_model=True)
+        path = ctx.study.model_path(ctx.study.trial_settings(spec, seed))
+        ctx.outputs["localize"] = {"opposite": str(path.relative_to(ctx.study.root))}
+        opposite = load_model(path, device=ctx.study.device)
+    options = {"target": config.target, "leaning": config.leaning, "opposite": opposite, "progress": ctx.progress}
+    located = localize(ctx.base, ctx.tuned, ctx.dataset, config.localize, **options)
     located.save(ctx.layout.localize)
     _record_examples(ctx, located)
 
@@ -160,6 +174,13 @@ def _stage_patch(ctx: RunContext) -> None:
     result = patch_experiment(
         ctx.base, ctx.tuned, ctx.dataset, located, config.patch, target=config.target, progress=ctx.progress
     )
+    # claim (v): the general set's output weights against the leaning direction CAFT ablates
+    controls = [] if result["control_error"] else disjoint_controls(located.general, config.patch.random_seeds)
+    groups = {"general": [located.general]} | ({"random": controls} if controls else {})
+    layers = config.mitigate.layers or default_layers(int(ctx.base.cfg.n_layers))[:2]
+    options = {"max_items": config.mitigate.items}
+    cosines = set_direction_cosines(ctx.base, ctx.dataset, config.target, groups, located.signs(), layers, **options)
+    result["direction_cosine"] = {name: {str(k): v for k, v in rows.items()} for name, rows in cosines.items()}
     write_json(ctx.layout.patch, result)
 
 

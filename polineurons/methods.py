@@ -126,13 +126,14 @@ class Ingredients:
         return self._get("base", self._base)
 
     def general_neurons(self, strength: float, seed: int, control: bool):
-        """The top ``strength·percent``% general neurons, or (control) a layer-matched random set."""
+        """The top ``strength·percent``% general neurons, or (control) a layer-matched random set drawn
+        outside them."""
         if self.located is None:
             raise UserError(
                 "The neuron methods need general neurons: give a `polineurons localize` folder (--neurons)."
             )
         neurons = self.located.top_general(strength * self.settings.percent)  # s = 0: no neuron
-        return neurons.random_matched(seed=1000 + seed) if control else neurons
+        return neurons.random_matched(seed=1000 + seed, exclude=neurons) if control else neurons
 
     def layers(self) -> list[int]:
         n_layers = int(self.base.cfg.n_layers)

@@ -47,6 +47,7 @@ def method_settings(name: str, config: MitigateConfig, neurons: str | None, dire
     made = {key: getattr(config, key) for key in chosen.uses}
     if chosen.neurons:
         made["neurons"] = neurons
+        made["neuron_control"] = "disjoint"  # controls drawn outside the chosen neurons (older trials: not)
     if "directions" in chosen.uses and config.directions == "pca":
         made["directions_seed"] = directions_seed
     return as_stored(made)

@@ -70,6 +70,10 @@ class NeuronSetMismatchError(UserError, ValueError):
     """A NeuronSet does not fit a model (layer count or MLP width), or two sets do not fit each other."""
 
 
+class ControlDrawError(UserError, ValueError):
+    """A random control set cannot be drawn: too few neurons are left outside the excluded ones."""
+
+
 @dataclass(frozen=True, eq=False)
 class NeuronSet:
     """A set of MLP neurons of a model with ``n_layers`` layers of ``d_mlp`` neurons.
@@ -234,7 +238,10 @@ class NeuronSet:
                 allowed &= ~exclude.mask[layer]
             candidates = torch.nonzero(allowed).flatten()
             if len(candidates) < count:
-                raise ValueError(f"Layer {layer}: cannot draw {count} neurons from {len(candidates)} allowed.")
+                raise ControlDrawError(
+                    f"Layer {layer}: cannot draw a control of {count} neurons from the {len(candidates)} of "
+                    f"{self.d_mlp} outside the excluded set; a smaller neuron set (lower top_k) leaves room."
+                )
             chosen = candidates[torch.randperm(len(candidates), generator=generator)[:count]]
             mask[layer, chosen] = True
         return NeuronSet(mask, model_name=self.model_name, provenance={"random_matched_seed": seed})

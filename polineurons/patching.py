@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -20,9 +20,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from polineurons.batching import pad_id_of, sequence_batches
+from polineurons.contrasts import attribution_scores, stance_metric, stance_weights
 from polineurons.data.items import StanceDataset, StanceItem
 from polineurons.hooks import patch_neurons, record_neurons
-from polineurons.neurons import NeuronSet, mlp_post_hook_name, model_shape
+from polineurons.neurons import ControlDrawError, NeuronSet, mlp_post_hook_name, model_shape
 from polineurons.pnlac import Localization
 from polineurons.stance import ItemScore, batch_logprob_sums, item_scores_from_sums, stance_pairs
 from polineurons.stats import bootstrap_ratio, spearman
@@ -37,7 +38,9 @@ class PatchConfig:
     max_answer_tokens: int | None = None
     """Score only the first N tokens of each answer (faster; default: all)."""
     random_seeds: int = 3
-    """Layer-matched random control sets (same per-layer counts as the general set)."""
+    """Random control sets: same per-layer counts as the general set, drawn outside it."""
+    mean_ablation: bool = True
+    """Also mean-ablate each set in the fine-tuned model (to the base model's mean activation)."""
     specific: Literal["target", "all"] = "all"
     """Topic-specific sets patched: the target topic's only, or every topic's."""
     all_neurons: bool = True
@@ -87,21 +90,26 @@ def patched_item_scores(
     batch_size: int = 8,
     max_answer_tokens: int | None = None,
     include_unpatched: bool = True,
+    ablate: Mapping[str, NeuronSet] | None = None,
     progress: bool = True,
 ) -> dict[str, list[ItemScore]]:
     """Stance item scores of the base model with each set patched from the fine-tuned model.
 
     Per batch the fine-tuned model runs once (recording every layer) and the base model once per set,
     so adding a set costs one base forward. With ``include_unpatched`` the result also holds
-    ``"base"`` and ``"finetuned"`` scores from the same batches.
+    ``"base"`` and ``"finetuned"`` scores from the same batches. Each ``ablate`` set is also
+    mean-ablated in the fine-tuned model — its activations replaced by the base model's mean over
+    every real token of these sequences — under ``"ablate:{name}"``.
     """
     _check_pair(base, finetuned)
-    for neurons in neuron_sets.values():
+    ablate = dict(ablate or {})
+    for neurons in [*neuron_sets.values(), *ablate.values()]:
         neurons.validate_for(base)
     pairs = stance_pairs(base.tokenizer, items, max_answer_tokens=max_answer_tokens)
     batches, counts = sequence_batches(pairs, batch_size, pad_id_of(base), base.cfg.device)
-    names = (["base", "finetuned"] if include_unpatched else []) + list(neuron_sets)
+    names = (["base", "finetuned"] if include_unpatched else []) + list(neuron_sets) + [f"ablate:{n}" for n in ablate]
     sums = {name: torch.zeros(len(pairs), dtype=torch.float64) for name in names}
+    means = mean_activations(base, batches) if ablate else {}
     for batch in tqdm(batches, desc="patching", disable=not progress, leave=False):
         where = torch.tensor(batch.indices)
         with torch.no_grad():
@@ -118,31 +126,63 @@ def patched_item_scores(
                 with patch_neurons(base, neurons, source):
                     logits = base(batch.tokens, attention_mask=batch.mask)
                 sums[name][where] = batch_logprob_sums(logits, batch).double().cpu()
+            constant = {layer: mean.expand(*batch.tokens.shape, -1) for layer, mean in means.items()}
+            for name, neurons in ablate.items():
+                with patch_neurons(finetuned, neurons, constant):
+                    logits = finetuned(batch.tokens, attention_mask=batch.mask)
+                sums[f"ablate:{name}"][where] = batch_logprob_sums(logits, batch).double().cpu()
     return {name: item_scores_from_sums(items, sums[name], counts) for name in names}
 
 
+def mean_activations(model, batches) -> dict[int, Float[Tensor, " d_mlp"]]:
+    """``layer -> mean activation`` of every neuron over every real token of ``batches``."""
+    total: dict[int, Tensor] = {}
+    n = 0
+    for batch in batches:
+        weight = batch.mask[..., None].double()
+        with torch.no_grad(), record_neurons(model) as recorded:
+            model(batch.tokens, attention_mask=batch.mask)
+        for layer, acts in recorded.items():
+            total[layer] = total.get(layer, 0) + (acts.double() * weight).sum(dim=(0, 1))
+        n += int(batch.mask.sum())
+    return {layer: (value / n).float() for layer, value in total.items()}
+
+
+CTG = "ctg"  # the pooled non-target topics, a column of the recovery table beside the topics
+
+
 def recovery_table(
-    scores: Mapping[str, Sequence[ItemScore]], *, n_boot: int = 2000, seed: int = 0
+    scores: Mapping[str, Sequence[ItemScore]], *, target: str | None = None, n_boot: int = 2000, seed: int = 0
 ) -> dict[str, dict[str, Recovery]]:
     """``set -> topic -> Recovery`` from :func:`patched_item_scores` output (needs ``base`` and
-    ``finetuned``). The CI resamples items (paired across the three conditions)."""
+    ``finetuned``); with ``target``, also ``"ctg"``: every non-target topic's items pooled.
+
+    A patched set's recovery is (patched − base) / (fine-tuned − base): the share of the fine-tune's
+    shift it brings into the base model. A mean-ablated set's (``"ablate:…"``) is (fine-tuned −
+    ablated) / (fine-tuned − base): the share it takes away from the fine-tuned model. The CI
+    resamples items (paired across the conditions)."""
     base = scores["base"]
     tuned = scores["finetuned"]
     topics = list(dict.fromkeys(item.topic for item in base))
+    groups = {topic: [i for i, item in enumerate(base) if item.topic == topic] for topic in topics}
+    if target is not None:
+        if target not in topics or CTG in topics:
+            raise ValueError(f"target {target!r} must be one of the topics {topics}, none of them named {CTG!r}.")
+        groups[CTG] = [i for i, item in enumerate(base) if item.topic != target]
     rng = np.random.default_rng(seed)  # one stream for the whole table
     table: dict[str, dict[str, Recovery]] = {}
-    for name, patched in scores.items():
+    for name, changed in scores.items():
         if name in ("base", "finetuned"):
             continue
         table[name] = {}
-        for topic in topics:
-            idx = [i for i, item in enumerate(base) if item.topic == topic]
+        for topic, idx in groups.items():
             b = np.array([base[i].score for i in idx])
-            full = np.array([tuned[i].score for i in idx]) - b
-            part = np.array([patched[i].score for i in idx]) - b
-            ratio = bootstrap_ratio(part, full, n_boot=n_boot, rng=rng)
+            t = np.array([tuned[i].score for i in idx])
+            c = np.array([changed[i].score for i in idx])
+            part = t - c if name.startswith("ablate:") else c - b
+            ratio = bootstrap_ratio(part, t - b, n_boot=n_boot, rng=rng)
             table[name][topic] = Recovery(
-                ratio.value, ratio.ci_low, ratio.ci_high, float(part.mean()), float(full.mean()), len(idx)
+                ratio.value, ratio.ci_low, ratio.ci_high, float(part.mean()), float((t - b).mean()), len(idx)
             )
     return table
 
@@ -155,17 +195,27 @@ def recovery_from_dict(data: Mapping) -> dict[str, dict[str, Recovery]]:
     return {name: {topic: Recovery.from_dict(row) for topic, row in rows.items()} for name, rows in data.items()}
 
 
+def disjoint_controls(neurons: NeuronSet, count: int) -> list[NeuronSet]:
+    """``count`` random sets (seeds 0, 1, ...) with the per-layer counts of ``neurons`` and none of its
+    neurons; :class:`~polineurons.neurons.ControlDrawError` where a layer has too few others."""
+    return [neurons.random_matched(seed, exclude=neurons) for seed in range(count)]
+
+
 def patch_sets(
     located: Localization, model, config: PatchConfig = PatchConfig(), *, target: str | None = None
 ) -> dict[str, NeuronSet]:
     """The sets a patching experiment compares: ``general``, ``specific:{topic}`` (the target's or
-    every topic's), ``random:{seed}`` (layer-matched to the general set) and ``all``."""
+    every topic's), ``random:{seed}`` (layer-matched to the general set and disjoint from it) and
+    ``all``."""
     if config.specific == "target" and target is None:
         raise ValueError("specific='target' needs the target topic.")
-    sets: dict[str, NeuronSet] = {"general": located.general}
+    general = located.general
+    sets: dict[str, NeuronSet] = {"general": general}
     specific = located.specific if config.specific == "all" else {target: located.specific[target]}
     sets.update({f"specific:{t}": s for t, s in specific.items()})
-    sets.update({f"random:{seed}": located.general.random_matched(seed) for seed in range(config.random_seeds)})
+    sets.update(
+        {f"random:{seed}": control for seed, control in enumerate(disjoint_controls(general, config.random_seeds))}
+    )
     if config.all_neurons:
         sets["all"] = NeuronSet.for_model(model, full=True)
     return sets
@@ -181,11 +231,16 @@ def patch_experiment(
     target: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Patch every set of :func:`patch_sets` on the eval split. Returns ``{"target", "set_sizes",
-    "recovery"}`` (recovery as :func:`recovery_to_dict`), plus ``"attribution_check"`` when
-    ``config.attribution_sample`` asks for one."""
-    sets = patch_sets(located, base, config, target=target)
+    """Patch every set of :func:`patch_sets` on the eval split (and mean-ablate each but ``all``).
+    Returns ``{"target", "set_sizes", "control_overlap", "recovery"}`` (recovery as
+    :func:`recovery_to_dict`; ``control_overlap``: each control's neurons in the general set, 0 by
+    construction), plus ``"attribution_check"`` when ``config.attribution_sample`` asks for one."""
+    try:
+        sets, control_error = patch_sets(located, base, config, target=target), None
+    except ControlDrawError as error:  # e.g. a general set that fills most of a layer: say so, patch the rest
+        sets, control_error = patch_sets(located, base, replace(config, random_seeds=0), target=target), str(error)
     items = dataset.select(split="eval", max_items=config.max_items).items
+    ablate = {n: s for n, s in sets.items() if n != "all"} if config.mean_ablation else None
     scores = patched_item_scores(
         base,
         finetuned,
@@ -193,12 +248,15 @@ def patch_experiment(
         sets,
         batch_size=config.batch_size,
         max_answer_tokens=config.max_answer_tokens,
+        ablate=ablate,
         progress=progress,
     )
     result = {
         "target": target,
         "set_sizes": {n: len(s) for n, s in sets.items()},
-        "recovery": recovery_to_dict(recovery_table(scores)),
+        "control_overlap": {n: len(s & located.general) for n, s in sets.items() if n.startswith("random:")},
+        "recovery": recovery_to_dict(recovery_table(scores, target=target)),
+        "control_error": control_error,
     }
     if config.attribution_sample:
         result["attribution_check"] = sample_attribution_check(base, finetuned, items, config.attribution_sample)
@@ -206,13 +264,15 @@ def patch_experiment(
 
 
 def recovery_text(result: Mapping) -> str:
-    """Plain-text table (set x topic recovery) of a :func:`patch_experiment` result."""
+    """Plain-text table (set x topic recovery; ``ablate:`` rows: the share mean-ablation removes) of a
+    :func:`patch_experiment` result."""
     topics = list(next(iter(result["recovery"].values())))
     lines = [f"{'set':<32}{'size':>7}  " + " ".join(f"{t[:10]:>10}" for t in topics)]
     for name, rows in result["recovery"].items():
-        lines.append(
-            f"{name:<32}{result['set_sizes'][name]:>7}  " + " ".join(f"{rows[t]['recovery']:>+10.2f}" for t in topics)
-        )
+        size = result["set_sizes"][name.removeprefix("ablate:")]
+        lines.append(f"{name:<32}{size:>7}  " + " ".join(f"{rows[t]['recovery']:>+10.2f}" for t in topics))
+    if result.get("control_error"):
+        lines.append(f"no disjoint random control: {result['control_error']}")
     if check := result.get("attribution_check"):
         lines.append(
             f"attribution vs exact patching on {len(check['neurons'])} neurons: Spearman {check['spearman']:.3f}, "
@@ -222,76 +282,6 @@ def recovery_text(result: Mapping) -> str:
 
 
 # ---- attribution patching -------------------------------------------------------------------------
-
-
-def stance_metric(logits: Float[Tensor, "batch pos vocab"], batch, weights: Tensor) -> Tensor:
-    """Sum over rows of weight × continuation log-prob sum; with weights ±1/len this is the sum of
-    the items' stance scores (right minus left mean log-prob)."""
-    return (batch_logprob_sums(logits, batch) * weights).sum()
-
-
-def _stance_weights(batch, counts: Tensor, device) -> Tensor:
-    # stance_pairs lays out (right, left) per item: even index = right (+), odd = left (−)
-    signs = torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in batch.indices])
-    return (signs / counts[torch.tensor(batch.indices)].float()).to(device)
-
-
-def attribution_scores(
-    base,
-    finetuned,
-    items: Sequence[StanceItem],
-    *,
-    batch_size: int = 8,
-    max_answer_tokens: int | None = None,
-    progress: bool = True,
-) -> Float[Tensor, "n_layers d_mlp"]:
-    """Attribution patching for every neuron at once: Σ over tokens of
-    ∂(stance metric)/∂(base activation) × (fine-tuned − base activation).
-
-    One forward of each model and one backward of the base per batch. It estimates, to first order,
-    how much patching that neuron alone from the fine-tuned model would change the summed stance
-    score of ``items``.
-    """
-    _check_pair(base, finetuned)
-    n_layers, d_mlp = model_shape(base)
-    pairs = stance_pairs(base.tokenizer, items, max_answer_tokens=max_answer_tokens)
-    batches, counts = sequence_batches(pairs, batch_size, pad_id_of(base), base.cfg.device)
-    total = torch.zeros(n_layers, d_mlp, dtype=torch.float64)
-    parameters = list(base.parameters())
-    needs_grad = [p.requires_grad for p in parameters]
-    for p in parameters:
-        p.requires_grad_(False)  # only activation gradients are needed
-    try:
-        for batch in tqdm(batches, desc="attribution", disable=not progress, leave=False):
-            with torch.no_grad(), record_neurons(finetuned) as tuned:
-                finetuned(batch.tokens, attention_mask=batch.mask)
-            tuned = dict(tuned)
-            probes: dict[int, Tensor] = {}
-            base_acts: dict[int, Tensor] = {}
-
-            def make_hook(layer: int):
-                # Adding a zero probe that requires grad gives d(metric)/d(activation) through every
-                # downstream path (a detached leaf would cut the paths through later MLPs).
-                def hook(activation: Tensor, hook) -> Tensor:
-                    base_acts[layer] = activation.detach()
-                    probes[layer] = torch.zeros_like(activation, requires_grad=True)
-                    return activation + probes[layer]
-
-                return hook
-
-            hooks = [(mlp_post_hook_name(layer), make_hook(layer)) for layer in range(n_layers)]
-            with base.hooks(fwd_hooks=hooks):
-                logits = base(batch.tokens, attention_mask=batch.mask)
-            metric = stance_metric(logits, batch, _stance_weights(batch, counts, logits.device))
-            grads = torch.autograd.grad(metric, [probes[layer] for layer in range(n_layers)])
-            mask = batch.mask[..., None].float()
-            for layer, grad in enumerate(grads):
-                delta = tuned[layer].double() - base_acts[layer].double()
-                total[layer] += (grad.double() * delta * mask.double()).sum(dim=(0, 1)).cpu()
-    finally:
-        for p, flag in zip(parameters, needs_grad, strict=True):
-            p.requires_grad_(flag)
-    return total
 
 
 @dataclass(frozen=True)
@@ -331,7 +321,7 @@ def exact_neuron_effects(
     pairs = stance_pairs(base.tokenizer, items, max_answer_tokens=max_answer_tokens)
     batches, counts = sequence_batches(pairs, len(pairs), pad_id_of(base), base.cfg.device)
     batch = batches[0]
-    weights = _stance_weights(batch, counts, base.cfg.device)
+    weights = stance_weights(batch, counts, base.cfg.device)
     layers = sorted({layer for layer, _ in neurons})
     with torch.no_grad(), record_neurons(finetuned, layers) as tuned:
         finetuned(batch.tokens, attention_mask=batch.mask)

@@ -1,280 +1,184 @@
 """PNLAC — Political Neuron Localization through Activation Contrasting.
 
-Run the base and the fine-tuned model on the same inputs of each topic and score every MLP neuron
-by the root-mean-square of (fine-tuned − base) activation over all non-padding tokens. Keep the top
-k% per topic; neurons in the top set of every topic (or of at least ``min_topics``) are *general*
-political neurons, the rest of a topic's top set are its *topic-specific* neurons.
+Per topic, every MLP neuron gets a contrast score (:mod:`polineurons.contrasts`) on that topic's
+TRAINING items; the top ``top_k``% per topic is the topic's top set. Neurons in the top set of every
+voting topic (or of at least ``min_topics``) are *general* political neurons; the rest of each
+topic's top set are its *topic-specific* neurons.
 
-Streaming: per batch, the base activations of one batch are recorded and the fine-tuned model's
-hooks accumulate squared differences on the device, so memory does not grow with the prompt count.
+``contrast`` chooses what is contrasted:
+
+- ``finetune``: RMS of (fine-tuned − base) — the paper's recipe. It ranks whatever the fine-tune
+  changed, including the drift that does not depend on the leaning.
+- ``leaning``: (right-tuned − left-tuned) on the same inputs, signed — only what flips with the
+  leaning (needs a fine-tune of each leaning).
+- ``answers``: the base model alone, right-leaning answers − left-leaning answers, signed — no
+  fine-tune needed.
+- ``attribution``: gradient × (fine-tuned − base) of the stance margin, signed — to first order
+  what patching each neuron would move.
+
+For signed contrasts a neuron counts for a topic by its |score|, and it is general only if its sign
+agrees across the topics that vote for it. ``general_over="others"`` lets only the topics other than
+the target vote (general = what carries the spill-over; the target's own top set stays specific).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Literal, get_args
 
 import torch
-from jaxtyping import Float
-from safetensors.torch import load_file, save_file
-from torch import Tensor
 from tqdm.auto import tqdm
 
-from polineurons.batching import length_sorted_batches, pad_id_of, pad_right
-from polineurons.data.items import StanceDataset
+from polineurons.contrasts import (
+    Scores,
+    activation_spread,
+    answer_contrast,
+    attribution_scores,
+    finetune_contrast,
+    leaning_contrast,
+)
+from polineurons.data.items import StanceDataset, StanceItem
 from polineurons.data.prompts import encode_prompt, encode_text
-from polineurons.errors import MissingFileError
-from polineurons.hooks import record_neurons
-from polineurons.io import atomic_path, read_json, write_json
-from polineurons.neurons import NeuronSet, mlp_post_hook_name, model_shape
-from polineurons.versions import library_versions
+from polineurons.errors import UserError
+from polineurons.localization import (
+    SIGNED,
+    Localization,
+    jaccard,
+    pairwise_jaccard,
+    split_general_specific,
+    top_percent,
+)
 
-Scores = Float[Tensor, "n_layers d_mlp"]
-Inputs = Literal["question", "question_answers"]
-Normalization = Literal["none", "layer_z"]
+Contrast = Literal["finetune", "leaning", "answers", "attribution"]
+Positions = Literal["question", "after_prefix", "answer", "all"]
+Normalization = Literal["none", "layer_z", "base_std"]
+Voters = Literal["all", "others"]
+NEEDS_ANSWERS: tuple[str, ...] = ("answers", "attribution")
+__all__ = [
+    "Localization",
+    "LocalizeConfig",
+    "LocalizeError",
+    "jaccard",
+    "localize",
+    "pairwise_jaccard",
+    "split_general_specific",
+    "top_percent",
+]
+
+
+class LocalizeError(UserError, ValueError):
+    """PNLAC cannot run as asked (a model it needs is missing, an unknown target)."""
 
 
 @dataclass(frozen=True)
 class LocalizeConfig:
-    """PNLAC settings."""
+    """PNLAC settings: what is contrasted, on which tokens, and how the top sets are chosen."""
 
-    top_k: float = 30.0
+    contrast: Contrast = "answers"
+    """finetune (RMS of fine-tuned − base), leaning (right − left fine-tune), answers (base model: right −
+    left answers) or attribution (gradient × fine-tune change of the stance margin)."""
+    positions: Positions = "answer"
+    """Tokens scored: question (the question prompt, all of it), after_prefix (the question prompt after the
+    system prompt and chat header every topic shares), answer (question + answer run, answer tokens scored)
+    or all (question + answer, every token)."""
+    normalize: Normalization = "layer_z"
+    """none (raw scores, favour late layers), layer_z (z-score each layer) or base_std (divide each neuron
+    by its own spread in the base model on the same tokens)."""
+    top_k: float = 10.0
     """Percent of all neurons kept per topic."""
-    min_topics: int | None = None
-    """General = in the top set of at least this many topics (default: all)."""
-    inputs: Inputs = "question"
-    """Token sequences contrasted: each question, or question + each answer."""
-    normalize: Normalization = "none"
-    """none (raw RMS, favours late layers) or layer_z (z-score each layer first)."""
+    min_topics: int | None = 3
+    """General = in the top set (same sign) of at least this many voting topics (None or more than there
+    are: all of them)."""
+    general_over: Voters = "all"
+    """Topics that vote for the general set: all, or others (every topic but the run's target)."""
     max_items: int | None = None
     """Train items per topic (default: all)."""
-    skip_shared_prefix: bool = False
-    """Score only tokens after the prompt prefix every topic shares (system prompt, turn markers)."""
+    max_answer_tokens: int | None = 48
+    """Answer tokens run per answer (None = all)."""
     batch_size: int = 8
     """Sequences per forward."""
 
     def __post_init__(self) -> None:
         if not 0 < self.top_k <= 100:
             raise ValueError(f"top_k must be in (0, 100], got {self.top_k}.")
-        if self.inputs not in get_args(Inputs):
-            raise ValueError(f"inputs must be one of {', '.join(get_args(Inputs))}, got {self.inputs!r}.")
-        if self.normalize not in get_args(Normalization):
-            raise ValueError(f"normalize must be one of {', '.join(get_args(Normalization))}, got {self.normalize!r}.")
-        for name in ("min_topics", "max_items"):
+        for name, options in (
+            ("contrast", Contrast),
+            ("positions", Positions),
+            ("normalize", Normalization),
+            ("general_over", Voters),
+        ):
+            if getattr(self, name) not in get_args(options):
+                raise ValueError(f"{name} must be one of {', '.join(get_args(options))}, got {getattr(self, name)!r}.")
+        if self.contrast in NEEDS_ANSWERS and self.positions not in ("answer", "all"):
+            raise ValueError(f"contrast={self.contrast} reads answers: use positions answer or all.")
+        for name in ("min_topics", "max_items", "max_answer_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
 
-
-def contrast_scores(
-    base, finetuned, sequences: Sequence[Sequence[int]], *, skip: int = 0, batch_size: int = 8, progress: bool = False
-) -> Scores:
-    """Per-neuron RMS of (fine-tuned − base) activations over every non-padding token of ``sequences``
-    from position ``skip`` on (the first ``skip`` tokens still run, as context, but are not scored)."""
-    n_layers, d_mlp = model_shape(base)
-    if model_shape(finetuned) != (n_layers, d_mlp):
-        raise ValueError(f"Models differ in shape: {model_shape(base)} vs {model_shape(finetuned)}.")
-    if not sequences:
-        raise ValueError("contrast_scores needs at least one sequence.")
-    device = base.cfg.device
-    sum_squares = torch.zeros(n_layers, d_mlp, dtype=torch.float64, device=device)
-    n_tokens = 0
-    for indices in tqdm(
-        length_sorted_batches([len(s) for s in sequences], batch_size),
-        desc="contrast",
-        disable=not progress,
-        leave=False,
-    ):
-        tokens, mask = pad_right([sequences[i] for i in indices], pad_id_of(base))
-        tokens, mask = tokens.to(device), mask.to(device)
-        scored = mask.clone()
-        scored[:, :skip] = 0
-        weight = scored[..., None].float()
-        with torch.no_grad(), record_neurons(base) as base_acts:
-            base(tokens, attention_mask=mask)
-        recorded = dict(base_acts)
-
-        def make_hook(layer: int):
-            def hook(activation: Tensor, hook) -> Tensor:
-                diff = activation.float() - recorded[layer].float()
-                sum_squares[layer] += (diff.square() * weight).sum(dim=(0, 1)).double()
-                return activation
-
-            return hook
-
-        hooks = [(mlp_post_hook_name(layer), make_hook(layer)) for layer in range(n_layers)]
-        with torch.no_grad(), finetuned.hooks(fwd_hooks=hooks):
-            finetuned(tokens, attention_mask=mask)
-        n_tokens += int(scored.sum())
-    if n_tokens == 0:
-        raise ValueError(f"No token left to score: every sequence is at most skip={skip} tokens long.")
-    return (sum_squares / n_tokens).sqrt().float().cpu()
+    @property
+    def signed(self) -> bool:
+        return self.contrast in SIGNED
 
 
-def topic_sequences(
+@dataclass(frozen=True)
+class TopicInputs:
+    """What PNLAC runs for one topic: token sequences and, per sequence, the first scored position.
+    With answers, sequences alternate right, left per item."""
+
+    items: list[StanceItem]
+    sequences: list[list[int]]
+    starts: list[int]
+
+
+def topic_inputs(
     tokenizer,
     dataset: StanceDataset,
     topic: str,
     *,
-    inputs: Inputs = "question",
+    positions: Positions = "answer",
     split: str = "train",
     max_items: int | None = None,
-) -> list[list[int]]:
-    """Token ids PNLAC runs for one topic: each question in chat format (``inputs="question"``), or
-    question + each answer (``"question_answers"``). Uses the train split: never the eval items."""
-    sequences = []
-    for item in dataset.select(topics=[topic], split=split, max_items=max_items).items:
-        prompt = encode_prompt(tokenizer, item.question)
-        if inputs == "question":
-            sequences.append(prompt)
-        else:
-            sequences += [
-                prompt + encode_text(tokenizer, item.answer(side), prompt_start=False) for side in ("left", "right")
-            ]
-    if not sequences:
+    max_answer_tokens: int | None = None,
+) -> TopicInputs:
+    """One topic's PNLAC inputs from its ``split`` items (train by default: never the eval items).
+    ``after_prefix`` starts at 0 here; :func:`localize` sets it from every topic's prompts."""
+    items = dataset.select(topics=[topic], split=split, max_items=max_items).items
+    if not items:
         raise ValueError(f"No {split} items for topic '{topic}' in {dataset.source}.")
-    return sequences
+    sequences, starts = [], []
+    for item in items:
+        prompt = encode_prompt(tokenizer, item.question)
+        if positions in ("question", "after_prefix"):
+            sequences.append(prompt)
+            starts.append(0)
+            continue
+        for side in ("right", "left"):
+            answer = encode_text(tokenizer, item.answer(side), prompt_start=False)[:max_answer_tokens]
+            sequences.append(prompt + answer)
+            starts.append(len(prompt) if positions == "answer" else 0)
+    return TopicInputs(list(items), sequences, starts)
 
 
-def normalize_scores(scores: Scores, method: Normalization = "none") -> Scores:
-    """``none`` keeps raw RMS scores (which favour late layers); ``layer_z`` z-scores each layer."""
+def topic_sequences(tokenizer, dataset: StanceDataset, topic: str, *, max_items: int | None = None) -> list[list[int]]:
+    """The question prompts of one topic's training items (PNLAC's ``positions="question"`` inputs)."""
+    return topic_inputs(tokenizer, dataset, topic, positions="question", max_items=max_items).sequences
+
+
+def normalize_scores(scores: Scores, method: Normalization = "none", spread: Scores | None = None) -> Scores:
+    """``none`` keeps raw scores; ``layer_z`` z-scores each layer; ``base_std`` divides each neuron by
+    its ``spread`` (a neuron that never varies scores 0)."""
     if method == "none":
         return scores
+    if method == "base_std":
+        if spread is None:
+            raise ValueError("normalize='base_std' needs the base model's spread.")
+        return torch.where(spread > 0, scores / spread.clamp_min(1e-12), torch.zeros_like(scores))
     mean = scores.mean(dim=1, keepdim=True)
     std = scores.std(dim=1, keepdim=True).clamp_min(1e-12)
     return (scores - mean) / std
-
-
-def top_percent(scores: Scores, percent: float, **meta) -> NeuronSet:
-    """The ``percent``% highest-scoring neurons of the whole model (ties broken by position)."""
-    if not 0 < percent <= 100:
-        raise ValueError(f"percent must be in (0, 100], got {percent}.")
-    flat = scores.flatten()
-    keep = round(flat.numel() * percent / 100)
-    order = torch.argsort(flat, descending=True, stable=True)[:keep]
-    mask = torch.zeros(flat.numel(), dtype=torch.bool)
-    mask[order] = True
-    return NeuronSet(mask.view_as(scores), **meta)
-
-
-def jaccard(a: NeuronSet, b: NeuronSet) -> float:
-    union = len(a | b)
-    return len(a & b) / union if union else 1.0
-
-
-@dataclass
-class Localization:
-    """PNLAC result: per-topic scores, top sets, general and topic-specific neurons."""
-
-    scores: dict[str, Scores]  # normalized as configured
-    top: dict[str, NeuronSet]
-    general: NeuronSet
-    specific: dict[str, NeuronSet]
-    config: dict = field(default_factory=dict)
-
-    def general_ranking(self) -> Tensor:
-        """General neurons as ``[k, 2]`` (layer, index) rows, highest mean score first."""
-        mean = torch.stack(list(self.scores.values())).mean(dim=0)
-        pairs = torch.nonzero(self.general.mask)
-        order = torch.argsort(mean[self.general.mask], descending=True, stable=True)
-        return pairs[order]
-
-    def top_general(self, percent: float) -> NeuronSet:
-        """The top ``percent``% of ALL MLP neurons, chosen among the general ones by mean score
-        (all general neurons if there are fewer) — InhibitFT's default neuron choice."""
-        n_layers, d_mlp = self.general.mask.shape
-        count = round(n_layers * d_mlp * percent / 100)
-        chosen = self.general_ranking()[:count]
-        return NeuronSet.from_pairs(
-            chosen.tolist(),
-            n_layers,
-            d_mlp,
-            model_name=self.general.model_name,
-            provenance={"top_general_percent": percent, **self.config},
-        )
-
-    def summary(self) -> dict:
-        topics = list(self.top)
-        return {
-            "topics": topics,
-            "n_neurons": self.general.n_total,
-            "general": {
-                "count": len(self.general),
-                "fraction": self.general.fraction,
-                "layer_counts": self.general.layer_counts(),
-            },
-            "top": {t: {"count": len(s), "layer_counts": s.layer_counts()} for t, s in self.top.items()},
-            "specific": {
-                t: {"count": len(s), "fraction": s.fraction, "layer_counts": s.layer_counts()}
-                for t, s in self.specific.items()
-            },
-            "jaccard": {a: {b: jaccard(self.top[a], self.top[b]) for b in topics} for a in topics},
-        }
-
-    def describe(self) -> str:
-        """Plain-text summary: general neurons (per layer), specific counts, overlap of the top sets."""
-        summary = self.summary()
-        general = summary["general"]
-        lines = [
-            f"general neurons: {general['count']} of {summary['n_neurons']} ({general['fraction']:.1%})",
-            "  per layer: " + " ".join(str(c) for c in general["layer_counts"]),
-        ]
-        lines += [f"specific {topic:<24}{row['count']:>7}" for topic, row in summary["specific"].items()]
-        topics = summary["topics"]
-        values = [summary["jaccard"][a][b] for i, a in enumerate(topics) for b in topics[i + 1 :]]
-        if values:
-            lines.append(
-                f"Jaccard between topics' top sets: min {min(values):.2f}, "
-                f"mean {sum(values) / len(values):.2f}, max {max(values):.2f}"
-            )
-        return "\n".join(lines)
-
-    def save(self, out_dir: str | os.PathLike) -> Path:
-        """``scores.safetensors``, ``general.*``, ``top/{topic}.*``, ``specific/{topic}.*``, ``summary.json``."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "scores.safetensors") as tmp:
-            save_file({t: s.contiguous() for t, s in self.scores.items()}, str(tmp))
-        self.general.save(out / "general")
-        for topic in self.top:
-            self.top[topic].save(out / "top" / topic)
-            self.specific[topic].save(out / "specific" / topic)
-        payload = {"config": self.config, "summary": self.summary(), "versions": library_versions()}
-        write_json(out / "summary.json", payload)
-        return out
-
-    @classmethod
-    def load(cls, out_dir: str | os.PathLike) -> Localization:
-        out = Path(out_dir)
-        if not (out / "summary.json").is_file():
-            raise MissingFileError(f"{out} holds no PNLAC result (summary.json missing).")
-        payload = read_json(out / "summary.json")
-        scores = load_file(str(out / "scores.safetensors"))
-        topics = payload["summary"]["topics"]
-        return cls(
-            scores={t: scores[t] for t in topics},
-            top={t: NeuronSet.load(out / "top" / t) for t in topics},
-            general=NeuronSet.load(out / "general"),
-            specific={t: NeuronSet.load(out / "specific" / t) for t in topics},
-            config=payload["config"],
-        )
-
-
-def split_general_specific(
-    top: dict[str, NeuronSet], min_topics: int | None = None
-) -> tuple[NeuronSet, dict[str, NeuronSet]]:
-    """General = in the top set of at least ``min_topics`` topics (default: all); specific = the rest."""
-    sets = list(top.values())
-    needed = len(sets) if min_topics is None else min_topics
-    if not 1 <= needed <= len(sets):
-        raise ValueError(f"min_topics must be between 1 and {len(sets)}, got {min_topics}.")
-    votes = torch.stack([s.mask for s in sets]).sum(dim=0)
-    general = NeuronSet(votes >= needed, model_name=sets[0].model_name, provenance={"min_topics": needed})
-    return general, {topic: s - general for topic, s in top.items()}
 
 
 def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
@@ -290,30 +194,98 @@ def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     return length
 
 
+def topic_scores(
+    config: LocalizeConfig,
+    inputs: TopicInputs,
+    base,
+    finetuned=None,
+    *,
+    opposite=None,
+    leaning: str = "right",
+    progress: bool = False,
+) -> Scores:
+    """One topic's raw contrast scores (before normalisation) as ``config.contrast`` asks."""
+    options = {"starts": inputs.starts, "batch_size": config.batch_size, "progress": progress}
+    if config.contrast == "answers":
+        return answer_contrast(base, inputs.sequences, **options)
+    if finetuned is None:
+        raise LocalizeError(f"contrast={config.contrast} needs the fine-tuned model.")
+    if config.contrast == "finetune":
+        return finetune_contrast(base, finetuned, inputs.sequences, **options)
+    if config.contrast == "leaning":
+        if opposite is None:
+            raise LocalizeError("contrast=leaning needs the model fine-tuned to the opposite leaning (opposite=).")
+        if leaning not in ("left", "right"):
+            raise LocalizeError(f"leaning must be left or right, got {leaning!r}.")
+        left, right = (opposite, finetuned) if leaning == "right" else (finetuned, opposite)
+        return leaning_contrast(left, right, inputs.sequences, **options)
+    return attribution_scores(
+        base,
+        finetuned,
+        inputs.items,
+        batch_size=config.batch_size,
+        max_answer_tokens=config.max_answer_tokens,
+        answer_only=config.positions == "answer",
+        progress=progress,
+    ).float()
+
+
 def localize(
     base,
-    finetuned,
-    dataset: StanceDataset,
+    finetuned=None,
+    dataset: StanceDataset | None = None,
     config: LocalizeConfig = LocalizeConfig(),
     *,
     topics: Sequence[str] | None = None,
+    target: str | None = None,
+    opposite=None,
+    leaning: str = "right",
     progress: bool = True,
 ) -> Localization:
-    """PNLAC on every topic of ``dataset`` (train split) and the general / specific split."""
+    """PNLAC on every topic of ``dataset`` (train split) and the general / specific split.
+
+    ``finetuned`` is the model fine-tuned to ``leaning`` (not needed by ``contrast="answers"``);
+    ``opposite`` the one fine-tuned to the other leaning (``contrast="leaning"`` only); ``target``
+    the fine-tune's topic (needed by ``general_over="others"``).
+    """
+    if dataset is None:
+        raise LocalizeError("localize needs a StanceDataset.")
     chosen = list(topics) if topics is not None else dataset.topics
-    scores, top = {}, {}
-    model_name = getattr(finetuned.cfg, "model_name", None)
+    if config.general_over == "others" and target not in chosen:
+        raise LocalizeError(f"general_over='others' needs the target topic, one of {chosen} (got {target!r}).")
+    model_name = getattr(base.cfg, "model_name", None)
+    options = {"positions": config.positions, "max_items": config.max_items}
     per_topic = {
-        t: topic_sequences(base.tokenizer, dataset, t, inputs=config.inputs, max_items=config.max_items) for t in chosen
+        t: topic_inputs(base.tokenizer, dataset, t, max_answer_tokens=config.max_answer_tokens, **options)
+        for t in chosen
     }
-    skip = shared_prefix_length([s for seqs in per_topic.values() for s in seqs]) if config.skip_shared_prefix else 0
+    skip = 0
+    if config.positions == "after_prefix":
+        skip = shared_prefix_length([s for inputs in per_topic.values() for s in inputs.sequences])
+        per_topic = {t: TopicInputs(i.items, i.sequences, [skip] * len(i.sequences)) for t, i in per_topic.items()}
+    raw, scores, top = {}, {}, {}
     for topic in tqdm(chosen, desc="PNLAC topics", disable=not progress):
-        raw = contrast_scores(
-            base, finetuned, per_topic[topic], skip=skip, batch_size=config.batch_size, progress=progress
+        inputs = per_topic[topic]
+        raw[topic] = topic_scores(
+            config, inputs, base, finetuned, opposite=opposite, leaning=leaning, progress=progress
         )
-        scores[topic] = normalize_scores(raw, config.normalize)
+        spread = None
+        if config.normalize == "base_std":
+            spread = activation_spread(base, inputs.sequences, starts=inputs.starts, batch_size=config.batch_size)
+        scores[topic] = normalize_scores(raw[topic], config.normalize, spread)
+        strength = scores[topic].abs() if config.signed else scores[topic]
         provenance = {"topic": topic, "top_k": config.top_k}
-        top[topic] = top_percent(scores[topic], config.top_k, model_name=model_name, provenance=provenance)
-    general, specific = split_general_specific(top, config.min_topics)
-    recorded = {**asdict(config), "skipped_tokens": skip, "data": dataset.source, "model": model_name}
+        top[topic] = top_percent(strength, config.top_k, model_name=model_name, provenance=provenance)
+    voters = [t for t in chosen if t != target] if config.general_over == "others" else chosen
+    signs = {t: torch.sign(s) for t, s in scores.items()} if config.signed else None
+    general, specific = split_general_specific(top, config.min_topics, signs=signs, voters=voters)
+    recorded = {
+        **asdict(config),
+        "skipped_tokens": skip,
+        "target": target,
+        "leaning": leaning,
+        "voters": voters,
+        "data": dataset.source,
+        "model": model_name,
+    }
     return Localization(scores, top, general, specific, recorded)

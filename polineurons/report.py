@@ -189,6 +189,40 @@ def _headline(run: RunArtifacts, results: dict) -> str:
     return f"<div class='cards'>{''.join(cards)}</div>"
 
 
+CLAIMS_NOTE = (
+    "Each claim of the paper measured on this run, with its CI and its control: (ii) and (iv) hold only "
+    "when the general set's CI clears every disjoint random control's. Rebuild with `polineurons report DIR`."
+)
+CONTRASTS = {
+    "finetune": "RMS activation change (base vs fine-tuned)",
+    "leaning": "activation difference of a right- and a left-leaning fine-tune",
+    "answers": "base-model activation on right- minus left-leaning answers",
+    "attribution": "attribution of the stance margin to the fine-tune's activation change",
+}
+
+
+def localize_note(localize: dict) -> str:
+    """How the run chose its neurons, in one sentence."""
+    voters = "every non-target topic" if localize.get("general_over") == "others" else "every topic"
+    return (
+        f"Top {localize['top_k']:g}% of neurons per topic by {CONTRASTS[localize.get('contrast', 'finetune')]} "
+        f"(normalised: {localize['normalize']}); general = in the top set of {voters}"
+        + (" with the same sign." if localize.get("contrast", "finetune") != "finetune" else ".")
+    )
+
+
+def claims_table(claims: list[dict]) -> str:
+    """The claims (:func:`polineurons.claims.paper_claims`, as dicts) as an HTML table."""
+    mark = {True: "yes", False: "no", None: "–"}
+    rows = "".join(
+        "<tr>"
+        + "".join(f"<td>{html.escape(str(v))}</td>" for v in (c["key"], c["claim"], c["measured"], c["control"]))
+        + f"<td>{mark[c['holds']]}</td></tr>"
+        for c in claims
+    )
+    return f"<table><tr><th></th><th>claim</th><th>measured</th><th>control</th><th>holds</th></tr>{rows}</table>"
+
+
 def _section(title: str, body: str, note: str = "") -> str:
     note_html = f"<p class='note'>{note}</p>" if note else ""
     return f"<section><h2>{html.escape(title)}</h2>{note_html}{body}</section>"
@@ -239,18 +273,20 @@ def build_report(run: RunArtifacts) -> str:
         _section(
             "Where the neurons are (PNLAC)",
             chart("neuron_layers") or _missing("localize"),
-            f"Top {config['localize']['top_k']:g}% of neurons per topic by RMS activation change "
-            "(base vs fine-tuned); general = in every topic's top set.",
+            localize_note(config["localize"]),
         )
     )
     sections.append(
         _section(
             "Activation patching",
             chart("patching") or _missing("patch"),
-            "Fine-tuned activations of a neuron set copied into the base model on the scored sequences. "
-            "Recovery is unstable where the fine-tune's own shift on a topic is near zero.",
+            "Fine-tuned activations of a neuron set copied into the base model on the scored sequences; "
+            "random sets have the general set's per-layer counts and none of its neurons. The ctg column pools "
+            "the non-target topics. Recovery is unstable where the fine-tune's own shift is near zero.",
         )
     )
+    if results.get("claims"):
+        sections.append(_section("Neuron claims of the paper", claims_table(results["claims"]), CLAIMS_NOTE))
     mitigation = (mitigation_tables(run.mitigation) + chart("mitigation")) if run.mitigation else _missing("mitigate")
     sections.append(_section("Mitigations", mitigation, MITIGATION_NOTE))
     if run.examples and run.examples["neurons"]:

@@ -10,7 +10,7 @@ import torch
 
 from polineurons.artifacts import RunArtifacts
 from polineurons.generalization import Generalization
-from polineurons.patching import Recovery
+from polineurons.patching import CTG, Recovery
 from polineurons.stance import StanceResult
 
 
@@ -163,7 +163,8 @@ def mitigation_frontier(mitigation: dict) -> go.Figure:
         for value in (y - error[0], y + error[1])
         if np.isfinite(value)
     ]
-    figure.update_yaxes(range=[max(-0.5, min(points) - 0.05), min(2.0, max(points) + 0.05)])
+    if points:  # a comparison with no method yet has only its axes
+        figure.update_yaxes(range=[max(-0.5, min(points) - 0.05), min(2.0, max(points) + 0.05)])
     figure.update_layout(
         title=f"Mitigations on {mitigation['target']} ({mitigation['leaning']}): spill-over removed vs target kept",
         xaxis_title="target shift kept (treated / vanilla)",
@@ -284,40 +285,50 @@ def layer_distribution(localize_summary: dict) -> go.Figure:
 def patching_recovery(
     recovery: Mapping[str, Mapping[str, Recovery]], set_sizes: Mapping[str, int], target: str
 ) -> go.Figure:
-    """Activation patching of neuron sets from the fine-tuned model into the base. Left: recovery of
-    the target topic's shift per set (layer-matched random sets in grey, the control). Right: the
-    shift each set produces on every topic next to the fine-tune's own shift (absolute values:
-    recovery ratios are unstable on topics the fine-tune barely moved)."""
+    """Activation patching and mean-ablation of neuron sets. Left: the share of the fine-tune's shift
+    each set carries, on the target and on the pooled other topics (CTG) — patched from the fine-tuned
+    model into the base (recovered) or mean-ablated in the fine-tuned model (``ablate:``, removed);
+    random sets (the general set's per-layer counts, none of its neurons) are the control. Right: the
+    shift each patched set produces on every topic next to the fine-tune's own shift (absolute values:
+    ratios are unstable on topics the fine-tune barely moved)."""
     from plotly.subplots import make_subplots
 
     names = list(recovery)
-    topics = sorted(next(iter(recovery.values())), key=lambda t: t != target)  # target first
-    colour = {name: _GREY if name.startswith("random") else _ACCENT if name == "general" else None for name in names}
+    patched = [n for n in names if not n.startswith("ablate:")]
+    columns = [t for t in (target, CTG) if t in next(iter(recovery.values()))]
+    topics = sorted((t for t in next(iter(recovery.values())) if t != CTG), key=lambda t: t != target)
+    colour = {name: _GREY if "random" in name else _ACCENT if name.endswith("general") else None for name in names}
     figure = make_subplots(
         rows=1,
         cols=2,
-        column_widths=[0.35, 0.65],
-        subplot_titles=(f"recovery on {target} (target)", "stance shift per topic: fine-tuned vs patched"),
-    )
-    on_target = [recovery[name][target] for name in names]
-    figure.add_trace(
-        go.Bar(
-            x=[f"{name}<br>({set_sizes[name]:,})" for name in names],
-            y=[r.recovery for r in on_target],
-            error_y=_error_bars(on_target, "recovery"),
-            marker_color=[colour[n] or "#7570b3" for n in names],
-            showlegend=False,
-            hovertemplate="%{x}<br>recovery %{y:.2f}<extra></extra>",
+        column_widths=[0.45, 0.55],
+        subplot_titles=(
+            "share of the fine-tune's shift a set carries",
+            "stance shift per topic: fine-tuned vs patched",
         ),
-        row=1,
-        col=1,
     )
+    labels = [f"{name} ({set_sizes[name.removeprefix('ablate:')]:,})" for name in names]
+    for column, pattern in zip(columns, ("", "/"), strict=False):
+        rows = [recovery[name][column] for name in names]
+        figure.add_trace(
+            go.Bar(
+                x=labels,
+                y=[r.recovery for r in rows],
+                error_y=_error_bars(rows, "recovery"),
+                name=f"on {'the other topics (CTG)' if column == CTG else column + ' (target)'}",
+                marker_color=[colour[n] or "#7570b3" for n in names],
+                marker_pattern_shape=pattern,
+                hovertemplate="%{x}<br>share %{y:.2f}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
     figure.add_hline(y=1.0, line_dash="dot", line_color="black", row=1, col=1)
     full = [recovery[names[0]][t].full_shift for t in topics]
     figure.add_trace(
         go.Bar(x=topics, y=full, name="fine-tuned (full shift)", marker_color="black", opacity=0.75), row=1, col=2
     )
-    for name in names:
+    for name in patched:
         figure.add_trace(
             go.Bar(
                 x=topics,
@@ -329,7 +340,8 @@ def patching_recovery(
             row=1,
             col=2,
         )
-    figure.update_yaxes(title_text="(patched − base) / (fine-tuned − base)", row=1, col=1)
+    figure.update_yaxes(title_text="patched: recovered · ablate: removed", row=1, col=1)
+    figure.update_xaxes(tickangle=-45, row=1, col=1)
     figure.update_yaxes(title_text="shift from base", row=1, col=2)
     figure.update_layout(
         title="Activation patching: how much of the fine-tune's stance shift each neuron set carries", barmode="group"

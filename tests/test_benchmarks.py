@@ -4,14 +4,14 @@ PNLAC, and its verdicts must follow the targets."""
 import torch
 
 from benchmarks import run as bench
-from polineurons.pnlac import contrast_scores
+from polineurons.contrasts import finetune_contrast
 
 
 def test_reference_loop_gives_the_same_scores(tiny_llama, tiny_cache, monkeypatch):
     monkeypatch.setenv("POLINEURONS_CACHE", str(tiny_cache))
     tuned = bench.perturbed_copy("tiny-llama", "cpu")
     sequences = bench.question_sequences(tiny_llama, 6)
-    ours = contrast_scores(tiny_llama, tuned, sequences, batch_size=4)
+    ours = finetune_contrast(tiny_llama, tuned, sequences, batch_size=4)
     theirs = bench.reference_contrast(tiny_llama, tuned, sequences)
     assert ours.abs().max() > 0
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)

@@ -41,6 +41,16 @@ def test_unknown_model_exits_with_a_message(cli):
     assert "Did you mean 'tiny-llama'" in output
 
 
+def test_localize_says_which_model_a_contrast_needs(cli, tiny_env, tmp_path):
+    base = ["localize", "--base", "tiny-llama", "--out", tmp_path / "loc", "--max-items", 1]
+    code, output = cli([*base, "--contrast", "finetune", "--positions", "question"])
+    assert code == 2 and "needs the fine-tuned model" in output
+    code, output = cli([*base, "--contrast", "answers", "--positions", "question"])
+    assert code == 2 and "reads answers" in output
+    code, output = cli([*base, "--general-over", "others"])
+    assert code == 2 and "target" in output
+
+
 def test_stance_command_writes_the_documented_json(cli, tiny_env, tmp_path):
     out = tmp_path / "stance.json"
     code, output = cli(
@@ -100,7 +110,9 @@ def test_localize_then_patch(cli, tiny_env, tmp_path):
     code, output = cli([*args, "--random-seeds", 1, "--attribution-sample", 6])
     assert code == 0, output
     report = json.loads((tmp_path / "patch.json").read_text())
-    assert set(report["recovery"]) == {"general", "random:0", "all"} | {f"specific:{t}" for t in load_data().topics}
+    sets = {"general", "random:0"} | {f"specific:{t}" for t in load_data().topics}
+    assert set(report["recovery"]) == sets | {"all"} | {f"ablate:{name}" for name in sets}
+    assert report["control_overlap"] == {"random:0": 0} and report["control_error"] is None
     # full fine-tuning also changed attention and embeddings, so even "all" recovers only part
     assert all(math.isfinite(row["recovery"]) for row in report["recovery"]["all"].values())
     assert len(report["attribution_check"]["exact"]) == 6

@@ -64,3 +64,17 @@ def test_generation_with_and_without_kv_cache_and_hooks(embedded_model):
     with scale_neurons(model, late_layers, 0.0):
         assert greedy(model, question) != with_cache  # hooks act during generation
     assert greedy(model, question) == with_cache  # and are gone afterwards
+
+
+def test_default_localizer_finds_a_small_general_set_that_differs_by_topic(embedded_model):
+    """The shipped localizer on the embedded model (base model only): general set ≤ 5% of all neurons,
+    topics' top sets overlapping < 0.5, and controls that can be drawn disjoint from it."""
+    from polineurons.data import load_data
+    from polineurons.patching import disjoint_controls
+    from polineurons.pnlac import LocalizeConfig, localize
+
+    located = localize(embedded_model, None, load_data(), LocalizeConfig(max_items=8), progress=False)
+    summary = located.summary()
+    assert 0 < summary["general"]["fraction"] <= 0.05 and summary["pairwise_jaccard"]["mean"] < 0.5
+    assert sum(summary["general"]["layer_counts"][:20]) > 0  # not only the last layers
+    assert all(len(c & located.general) == 0 for c in disjoint_controls(located.general, 3))

@@ -121,13 +121,13 @@ def test_a_second_invocation_resumes_without_recomputing(finished_run):
 
 def test_a_changed_config_is_refused_unless_forced(tiny_env, smoke_config, tmp_path):
     _run(smoke_config, tmp_path)
-    changed = RunConfig.from_preset("smoke", model="tiny-llama", **{"localize.top_k": 20.0})
-    with pytest.raises(RunError, match=r"localize: localize.top_k \(stored 30.0, now 20.0\)") as error:
+    changed = RunConfig.from_preset("smoke", model="tiny-llama", **{"localize.top_k": 10.0})
+    with pytest.raises(RunError, match=r"localize: localize.top_k \(stored 20.0, now 10.0\)") as error:
         _run(changed, tmp_path)
     assert "--force localize" in str(error.value) and "patch" not in str(error.value)
     _, ran = _run(changed, tmp_path, force=["localize"])
     assert ran == ["localize", "patch", "mitigate", "figures", "report"]
-    assert load_run(tmp_path).localize["config"]["top_k"] == 20.0
+    assert load_run(tmp_path).localize["config"]["top_k"] == 10.0
 
 
 def test_force_recomputes_a_stage_and_what_depends_on_it(tiny_env, smoke_config, tmp_path):

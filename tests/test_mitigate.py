@@ -348,3 +348,11 @@ def test_mitigate_end_to_end_resumes_grows_and_writes_the_documented_json(tiny_e
         RunError, match=r"mitigate/caft results computed with other settings: items \(stored 2, now 3\)"
     ):
         _mitigate(tmp_path, replace(config, items=3), located=located)
+
+
+@pytest.mark.parametrize("method", NEURON_METHODS)
+def test_neuron_controls_are_disjoint_and_layer_matched(tiny_cache, located, method):
+    builder = interventions(tiny_cache, located)
+    chosen = builder.build(Arm(method, 1.0)).neurons
+    control = builder.build(Arm(method, 1.0, control=True)).neurons
+    assert len(chosen) > 0 and len(control & chosen) == 0 and control.layer_counts() == chosen.layer_counts()

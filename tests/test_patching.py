@@ -4,15 +4,23 @@ import pytest
 import torch
 
 from polineurons import load_model
+from polineurons.batching import pad_id_of, sequence_batches
 from polineurons.data import load_data
-from polineurons.neurons import NeuronSet
+from polineurons.hooks import record_neurons
+from polineurons.neurons import ControlDrawError, NeuronSet
 from polineurons.patching import (
+    CTG,
+    PatchConfig,
     attribution_scores,
     check_attribution,
     exact_neuron_effects,
+    mean_activations,
+    patch_sets,
     patched_item_scores,
     recovery_table,
 )
+from polineurons.pnlac import Localization
+from polineurons.stance import stance_pairs
 from polineurons.stats import spearman
 
 
@@ -78,3 +86,57 @@ def test_spearman():
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 1, 2], [1, 1, 2]) == pytest.approx(1.0)
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))  # a constant side has no ranking
+
+
+def test_mean_ablation_identities(tiny_llama, tiny_cache, items):
+    """Ablating nothing leaves the fine-tuned model; ablating every neuron of a model whose fine-tune
+    changed only MLP input weights gives the base model with every neuron ablated (the MLPs' outputs
+    are then the same constants in both); the mean is the base model's mean over real tokens."""
+    tuned = tuned_copy(tiny_cache)
+    empty, full = NeuronSet.for_model(tiny_llama), NeuronSet.for_model(tiny_llama, full=True)
+    scores = patched_item_scores(tiny_llama, tuned, items, {}, ablate={"empty": empty, "all": full}, progress=False)
+    assert [s.score for s in scores["ablate:empty"]] == [s.score for s in scores["finetuned"]]
+    copy = load_model("tiny-llama", device="cpu", cache=tiny_cache)  # the base, ablated with the same means
+    on_base = patched_item_scores(tiny_llama, copy, items, {}, ablate={"all": full}, progress=False)
+    for a, b in zip(scores["ablate:all"], on_base["ablate:all"], strict=True):
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+    table = recovery_table(scores, target="race")
+    assert all(row.recovery == 0.0 for row in table["ablate:empty"].values())
+
+
+def test_mean_activations_is_the_masked_mean(tiny_llama, items):
+    pairs = stance_pairs(tiny_llama.tokenizer, items)
+    batches, _ = sequence_batches(pairs, 3, pad_id_of(tiny_llama), "cpu")
+    means = mean_activations(tiny_llama, batches)
+    rows = []
+    for prompt, answer in pairs:
+        with torch.no_grad(), record_neurons(tiny_llama, [1]) as recorded:
+            tiny_llama(torch.tensor([prompt + answer]))
+        rows.append(recorded[1][0].double())
+    torch.testing.assert_close(means[1].double(), torch.cat(rows).mean(dim=0), rtol=1e-5, atol=1e-6)
+
+
+def test_ctg_column_pools_the_other_topics(tiny_llama, tiny_cache):
+    items = list(load_data().select(topics=["race", "science", "immigration"], split="eval", max_items=2).items)
+    half = NeuronSet.from_indices({layer: range(48) for layer in range(3)}, 3, 96)
+    scores = patched_item_scores(tiny_llama, tuned_copy(tiny_cache), items, {"half": half}, progress=False)
+    row = recovery_table(scores, target="race")["half"][CTG]
+    others = [i for i, item in enumerate(items) if item.topic != "race"]
+    part = sum(scores["half"][i].score - scores["base"][i].score for i in others)
+    full = sum(scores["finetuned"][i].score - scores["base"][i].score for i in others)
+    assert row.recovery == pytest.approx(part / full, rel=1e-9) and row.n == 4
+    with pytest.raises(ValueError, match="target"):
+        recovery_table(scores, target="economy")
+
+
+def test_patch_controls_are_disjoint_from_the_general_set(tiny_llama):
+    general = NeuronSet.from_indices({0: range(30), 2: range(10, 40)}, 3, 96)
+    located = Localization({"a": torch.rand(3, 96)}, {"a": general}, general, {"a": general - general})
+    sets = patch_sets(located, tiny_llama, PatchConfig(random_seeds=3))
+    controls = [s for name, s in sets.items() if name.startswith("random:")]
+    assert len(controls) == 3 and len({tuple(c) for c in controls}) == 3
+    for control in controls:
+        assert len(control & general) == 0 and control.layer_counts() == general.layer_counts()
+    crowded = NeuronSet.from_indices({0: range(60)}, 3, 96)  # 60 of 96: no 60 others left
+    with pytest.raises(ControlDrawError, match="cannot draw"):
+        patch_sets(Localization({"a": torch.rand(3, 96)}, {"a": crowded}, crowded, {"a": crowded}), tiny_llama)

@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from polineurons import load_model
+from polineurons.contrasts import finetune_contrast
 from polineurons.data import load_data
 from polineurons.pnlac import (
     Localization,
     LocalizeConfig,
-    contrast_scores,
     localize,
     shared_prefix_length,
     split_general_specific,
@@ -38,24 +38,24 @@ def sequences(tiny_cache):
 
 
 def test_contrast_against_itself_is_zero(tiny_llama, sequences):
-    scores = contrast_scores(tiny_llama, tiny_llama, sequences, batch_size=4)
+    scores = finetune_contrast(tiny_llama, tiny_llama, sequences, batch_size=4)
     assert scores.shape == (3, 96) and torch.count_nonzero(scores) == 0
 
 
 def test_changed_neuron_ranks_first(tiny_llama, tiny_cache, sequences):
     last = copy_with(tiny_cache, bump_neuron(2, 17))
-    scores = contrast_scores(tiny_llama, last, sequences)
+    scores = finetune_contrast(tiny_llama, last, sequences)
     assert scores[2, 17] > 0 and torch.count_nonzero(scores) == 1  # nothing downstream of the last MLP
     early = copy_with(tiny_cache, bump_neuron(0, 40))
-    scores = contrast_scores(tiny_llama, early, sequences)
+    scores = finetune_contrast(tiny_llama, early, sequences)
     assert divmod(int(scores.flatten().argmax()), 96) == (0, 40)
     assert torch.count_nonzero(scores[0]) == 1  # same-layer neurons see the same input
 
 
 def test_padding_does_not_change_scores(tiny_llama, tiny_cache, sequences):
     other = copy_with(tiny_cache, bump_neuron(1, 3, 1.5))
-    batched = contrast_scores(tiny_llama, other, sequences, batch_size=6)
-    single = contrast_scores(tiny_llama, other, sequences, batch_size=1)
+    batched = finetune_contrast(tiny_llama, other, sequences, batch_size=6)
+    single = finetune_contrast(tiny_llama, other, sequences, batch_size=1)
     torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-6)
 
 
@@ -73,15 +73,15 @@ def test_skipped_prefix_tokens_are_not_scored(tiny_llama, tiny_cache, sequences)
     skip = shared_prefix_length(sequences)
     assert skip > 0  # the chat template's shared start
     assert torch.equal(
-        contrast_scores(tiny_llama, other, sequences, skip=0), contrast_scores(tiny_llama, other, sequences)
+        finetune_contrast(tiny_llama, other, sequences, starts=0), finetune_contrast(tiny_llama, other, sequences)
     )
-    scored = contrast_scores(tiny_llama, other, sequences, skip=skip, batch_size=1)
-    assert not torch.allclose(scored, contrast_scores(tiny_llama, other, sequences, batch_size=1))
+    scored = finetune_contrast(tiny_llama, other, sequences, starts=skip, batch_size=1)
+    assert not torch.allclose(scored, finetune_contrast(tiny_llama, other, sequences, batch_size=1))
     # a sequence that ends inside the skipped prefix contributes nothing
-    padded = contrast_scores(tiny_llama, other, [*sequences, sequences[0][:skip]], skip=skip, batch_size=1)
+    padded = finetune_contrast(tiny_llama, other, [*sequences, sequences[0][:skip]], starts=skip, batch_size=1)
     torch.testing.assert_close(padded, scored, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="No token left"):
-        contrast_scores(tiny_llama, other, [sequences[0][:skip]], skip=skip)
+        finetune_contrast(tiny_llama, other, [sequences[0][:skip]], starts=skip)
 
 
 def test_top_percent_keeps_the_highest_scores():
@@ -106,8 +106,9 @@ def test_top_percent_and_general_specific_split():
     assert general | specific["a"] | specific["b"] | specific["c"] == union
     loose, _ = split_general_specific(top, min_topics=2)
     assert len(loose) >= len(general)
+    assert split_general_specific(top, min_topics=4)[0] == general  # more than there are: all of them
     with pytest.raises(ValueError, match="min_topics"):
-        split_general_specific(top, min_topics=4)
+        split_general_specific(top, min_topics=0)
     with pytest.raises(ValueError, match="percent"):
         top_percent(torch.rand(2, 2), 0)
 
@@ -119,7 +120,7 @@ def test_localize_ranking_and_round_trip(tiny_llama, tiny_cache, tmp_path):
         tiny_llama,
         tuned,
         data,
-        LocalizeConfig(top_k=10, max_items=3),
+        LocalizeConfig(contrast="finetune", positions="question", normalize="none", top_k=10, max_items=3),
         topics=["race", "science", "immigration"],
         progress=False,
     )

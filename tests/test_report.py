@@ -30,6 +30,7 @@ def test_report_is_self_contained(smoke_run):
         "Activation patching",
         "Mitigations",
         "Top general neurons on example prompts",
+        "Neuron claims of the paper",
     ):
         assert heading in page
 
