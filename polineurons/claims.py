@@ -48,8 +48,15 @@ def _ci(row: Mapping, key: str = "recovery") -> str:
     return f"{row[key]:+.2f} [{row[low]:+.2f}, {row[high]:+.2f}]"
 
 
+def _pairs(matrix: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Mean and max over topic pairs of a Jaccard matrix (folders written before ``pairwise_jaccard``)."""
+    topics = list(matrix)
+    values = [matrix[a][b] for i, a in enumerate(topics) for b in topics[i + 1 :]] or [1.0]
+    return {"mean": sum(values) / len(values), "max": max(values)}
+
+
 def _small_set(summary: Mapping) -> Claim:
-    general, pairs = summary["general"], summary["pairwise_jaccard"]
+    general, pairs = summary["general"], summary.get("pairwise_jaccard") or _pairs(summary["jaccard"])
     measured = (
         f"{general['count']:,} neurons ({general['fraction']:.1%}); topics' top sets overlap "
         f"{pairs['mean']:.2f} (mean Jaccard, max {pairs['max']:.2f})"

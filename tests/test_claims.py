@@ -39,6 +39,13 @@ def test_small_set_claim():
     assert by_key(paper_claims(localize_payload(overlap=0.95)))["i"].holds is False
 
 
+def test_folders_from_before_the_pairwise_summary_still_read():
+    payload = localize_payload()
+    del payload["summary"]["pairwise_jaccard"]
+    payload["summary"]["jaccard"] = {"a": {"a": 1.0, "b": 0.2, "c": 0.4}, "b": {"c": 0.3}, "c": {}}
+    assert "overlap 0.30 (mean Jaccard, max 0.40)" in by_key(paper_claims(payload))["i"].measured
+
+
 def test_patching_claim_needs_twice_the_controls_and_separate_cis():
     controls = [(0.1, 0.0, 0.2)] * 3
     holds = by_key(paper_claims(localize_payload(), patch_payload((0.5, 0.3, 0.7), controls)))
