@@ -22,7 +22,7 @@ from polineurons.generalization import measure_generalization
 from polineurons.io import write_json
 from polineurons.matrix import MatrixConfig, matrix_text, run_matrix
 from polineurons.mitigate import league_text, mitigate_folder
-from polineurons.models import EMBEDDED_MODEL, generate_answer, load_model, model_summary
+from polineurons.models import EMBEDDED_MODEL, DType, generate_answer, load_model, model_summary
 from polineurons.patching import PatchConfig, patch_experiment, recovery_text
 from polineurons.pnlac import Localization, LocalizeConfig, localize
 from polineurons.report import write_pages
@@ -34,6 +34,7 @@ Flat = tyro.conf.arg(name="")  # a nested config's options without a prefix: --t
 Model = Annotated[str, tyro.conf.arg(aliases=("-m",), help="embedded, tiny-llama, tiny-gemma3, a folder, a hub id.")]
 Base = Annotated[str, tyro.conf.arg(help="Base model (default: the embedded model).")]
 Device = Annotated[str | None, tyro.conf.arg(help="cpu, cuda, ... (default: cuda if available).")]
+Dtype = Annotated[DType, tyro.conf.arg(help="Weights' dtype; auto: bfloat16 on a GPU, float32 on a CPU.")]
 Data = Annotated[str, tyro.conf.arg(help="voices, arguments, crosscheck, briefs, a JSONL file or folder, hf:NAME.")]
 Target = Annotated[str, tyro.conf.arg(help="The fine-tuning topic.")]
 JsonOut = Annotated[Path | None, tyro.conf.arg(help="Write the results as JSON here.")]
@@ -53,12 +54,17 @@ def _write(out: Path | None, report: dict) -> None:
 
 
 @dataclass(kw_only=True)
-class _OnData:
-    data: Data = "voices"
+class _Loads:
     device: Device = None
+    dtype: Dtype = "auto"
 
     def load(self, model: str | Path | None):
-        return load_model(model, device=self.device) if model else None
+        return load_model(model, device=self.device, dtype=self.dtype) if model else None
+
+
+@dataclass(kw_only=True)
+class _OnData(_Loads):
+    data: Data = "voices"
 
 
 @dataclass(kw_only=True)
@@ -70,17 +76,15 @@ class _OnPair(_OnData):  # compares a fine-tuned model with its base
         return self.load(self.base), self.load(self.finetuned)
 
 
-@dataclass
-class Info:
+@dataclass(kw_only=True)
+class Info(_Loads):
     """Load a model and print its shape, tokenizer set-up and cache folder (and its answer to --ask)."""
 
     model: Model = EMBEDDED_MODEL
-    ask: str | None = None
-    """Also print the model's greedy answer to this question, in its chat format."""
-    device: Device = None
+    ask: str | None = None  # Also print the model's greedy answer to this question, in its chat format.
 
     def __call__(self) -> None:
-        bridge = load_model(self.model, device=self.device)
+        bridge = self.load(self.model)
         rows = model_summary(bridge)
         print("\n".join(f"{key:<{max(map(len, rows))}}  {value}" for key, value in rows.items()))
         if self.ask:
@@ -102,7 +106,7 @@ class Stance(_OnData):
     def __call__(self) -> None:
         dataset = _dataset(self.data)
         selected = dataset.select(topics=self.topics or None, split=None if self.split == "all" else self.split)
-        bridge = load_model(self.model, device=self.device)
+        bridge = self.load(self.model)
         result = measure_stance(bridge, selected, self.config, split=None)
         report = {"model": bridge.cfg.model_name, "data": dataset.source, "split": self.split, **result.to_dict()}
         print(topic_table("stance items (score = mean log-prob right answer - left answer)", result.topics))
@@ -126,7 +130,7 @@ class Finetune(_OnData):
     def __call__(self) -> None:
         dataset = _dataset(self.data)
         pairs = training_pairs(dataset, self.topic, self.leaning)
-        bridge = load_model(self.model, device=self.device)
+        bridge = self.load(self.model)
         meta = {"base_model": bridge.cfg.model_name, "data": dataset.source, "leaning": self.leaning}
         print(f"{finetune(bridge, pairs, self.config, out_dir=self.out, meta=meta | {'topic': self.topic}).summary()}")
 
@@ -191,11 +195,9 @@ class Mitigate:
     and with its matched random control; compare with vanilla. Resumable; a folder grows by methods,
     strengths and seeds, and a run's folder shares its vanilla fine-tunes and base scores."""
 
-    out: Path
-    """Study folder; mitigation.json and mitigation.html cover every trial in it."""
+    out: Path  # Study folder; mitigation.json and mitigation.html cover every trial in it.
     config: Annotated[RunConfig, Flat]
-    neurons: Path | None = None
-    """A `polineurons localize` folder for the neuron methods (default: OUT/localize, if any)."""
+    neurons: Path | None = None  # A `polineurons localize` folder for the neuron methods (default: OUT/localize).
     device: Device = None
 
     def __call__(self) -> None:
@@ -215,7 +217,7 @@ class Screen(_OnData):
 
     def __call__(self) -> None:
         dataset, other = _dataset(self.data, self.target), load_data(self.eval_data) if self.eval_data else None
-        result = screen(load_model(self.model, device=self.device), dataset, self.target, self.config, eval_data=other)
+        result = screen(self.load(self.model), dataset, self.target, self.config, eval_data=other)
         print(result.table())
         _write(self.out, result.to_dict())
 
@@ -224,14 +226,13 @@ class Screen(_OnData):
 class Matrix:
     """Fine-tune toward each leaning on each topic and score every topic: the cross-topic matrix (resumable)."""
 
-    out: Path
-    """Study folder: one trial per cell, matrix.json and matrix.html (every cell in it)."""
+    out: Path  # Study folder: one trial per cell, matrix.json and matrix.html (every cell in it).
     config: Annotated[RunConfig, Flat]
     matrix: Annotated[MatrixConfig, Flat] = MatrixConfig()
     device: Device = None
 
     def __call__(self) -> None:
-        with Study.open(self.out, device=self.device) as study:
+        with Study.open(self.out, device=self.device, dtype=self.config.dtype) as study:
             result, pages = run_matrix(study, self.config, self.matrix), write_pages(study.root)
         print(f"{matrix_text(result)}\npages: {', '.join(map(str, pages))}")
 
@@ -243,8 +244,7 @@ class Run:
     out: Path
     """Study folder: every stage's artifacts, results.json and report.html."""
     config: Annotated[RunConfig, Flat]
-    force: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
-    """Recompute this stage and the stages that read from it (repeatable)."""
+    force: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()  # Recompute this stage and those after it.
     device: Device = None
 
     def __call__(self) -> None:

@@ -18,7 +18,7 @@ from polineurons.data.items import DataError, StanceDataset
 from polineurons.errors import RunError
 from polineurons.finetune import FinetuneConfig
 from polineurons.methods import MitigateConfig
-from polineurons.models import EMBEDDED_MODEL, resolve_model_path
+from polineurons.models import EMBEDDED_MODEL, DType, resolve_model_path
 from polineurons.patching import PatchConfig
 from polineurons.pnlac import LocalizeConfig
 from polineurons.stance import StanceConfig
@@ -45,6 +45,8 @@ class RunConfig:
 
     model: str = EMBEDDED_MODEL
     """Model: smollm2-135m-instruct (embedded, offline), tiny-llama, tiny-gemma3, a folder or a hub id."""
+    dtype: DType = "auto"
+    """Weights' dtype: auto (bfloat16 on a GPU, float32 on a CPU), float32, bfloat16, float16."""
     data: str = "voices"
     """Training and eval data: voices (v2), arguments (v1), a JSONL file or folder, an IDEOINST folder, hf:NAME."""
     target: str = "immigration"

@@ -45,7 +45,6 @@ from polineurons.hooks import neuron_activations
 from polineurons.io import atomic_path, read_json, write_json
 from polineurons.methods import neurons_fingerprint
 from polineurons.mitigate import method_settings, plan_arms, recipe, run_mitigation
-from polineurons.models import load_model
 from polineurons.patching import disjoint_controls, patch_experiment
 from polineurons.pnlac import Localization, localize
 from polineurons.report import write_report
@@ -93,7 +92,7 @@ class RunContext:
     def tuned(self):
         """The first seed's fine-tuned model."""
         if self._tuned is None:
-            self._tuned = load_model(self.model_dir(), device=self.study.device)
+            self._tuned = self.study.load(self.model_dir())
         return self._tuned
 
 
@@ -144,7 +143,7 @@ def _stage_localize(ctx: RunContext) -> None:
         ctx.study.trial(spec, seed=seed, keep_model=True)
         path = ctx.study.model_path(ctx.study.trial_settings(spec, seed))
         ctx.outputs["localize"] = {"opposite": str(path.relative_to(ctx.study.root))}
-        opposite = load_model(path, device=ctx.study.device)
+        opposite = ctx.study.load(path)
     options = {"target": config.target, "leaning": config.leaning, "opposite": opposite, "progress": ctx.progress}
     located = localize(ctx.base, ctx.tuned, ctx.dataset, config.localize, **options)
     located.save(ctx.layout.localize)
@@ -336,7 +335,7 @@ def run_pipeline(
     """Run (or resume) every stage into the study folder ``out_dir`` (locked while it runs); returns
     ``results.json``'s content."""
     spec = trial_spec(config)
-    with Study.open(out_dir, device=device, progress=progress, echo=echo) as study:
+    with Study.open(out_dir, device=device, progress=progress, echo=echo, dtype=config.dtype) as study:
         resolved = resolve_inputs(study, spec)
         plan = plan_stages(config, study.root, force, resolved)
         layout = RunLayout(study.root)

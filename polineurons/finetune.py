@@ -13,17 +13,18 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
+from polineurons.adapters import MLP_PROJECTIONS, attach_lora, has_adapter, save_adapter
 from polineurons.batching import pad_id_of, pad_right
 from polineurons.data.items import StanceDataset, StanceItem, check_leaning
 from polineurons.data.prompts import encode_prompt, encode_text, has_chat_template
-from polineurons.errors import MissingDependencyError, UserError
+from polineurons.errors import UserError
 from polineurons.hooks import Applied, Intervention
 from polineurons.models import save_model
 from polineurons.neurons import neuron_parameters
@@ -60,7 +61,7 @@ class FinetuneConfig:
     seed: int = 0
     """Seed of the data order (and of LoRA's initialisation)."""
     train: TrainMode = "full"
-    """Which parameters train: full, mlp (MLP weights only) or lora (needs peft)."""
+    """Which parameters train: full, mlp (MLP weights only) or lora (an adapter; needs peft)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (default: all epochs)."""
     lora_r: int = 16
@@ -69,8 +70,10 @@ class FinetuneConfig:
     """LoRA alpha."""
     lora_dropout: float = 0.1
     """LoRA dropout."""
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
-    """Projections LoRA adapts."""
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj", *MLP_PROJECTIONS)
+    """Projections LoRA adapts (the MLP's included, so that neuron interventions act on what trains)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of keeping them: less memory, ~30% slower."""
 
     def __post_init__(self) -> None:
         if self.train not in ("full", "mlp", "lora"):
@@ -84,6 +87,15 @@ class FinetuneConfig:
             raise ValueError("warmup_steps and weight_decay must be >= 0.")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}.")
+
+    def result_settings(self) -> dict:
+        """The settings a fine-tune's result depends on (a trial's key): LoRA's only under LoRA, and never
+        gradient checkpointing (memory, not numbers)."""
+        settings = asdict(self)
+        del settings["gradient_checkpointing"]
+        if self.train != "lora":
+            settings = {k: v for k, v in settings.items() if not k.startswith("lora_")}
+        return settings
 
 
 @dataclass
@@ -162,49 +174,63 @@ def answer_loss(logits, labels):
     )
 
 
-def select_trainable(model, config: FinetuneConfig):
-    """Set ``requires_grad`` for the chosen mode; returns the trainable parameters (and a peft
-    wrapper for ``lora``, else None)."""
-    peft_model = None
+def select_trainable(model, config: FinetuneConfig) -> list[torch.nn.Parameter]:
+    """Set ``requires_grad`` for the chosen mode (``lora`` attaches a fresh adapter); returns the
+    trainable parameters."""
     if config.train == "lora":
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError:
-            raise MissingDependencyError(
-                "train='lora' needs peft: pip install 'polineurons[lora]' (or pip install peft)."
-            ) from None
-        # The bridge wraps each HF Linear in a LinearBridge; LoRA attaches to the Linear inside it.
-        targets = "|".join(config.lora_targets)
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=rf".*\.({targets})\._original_component",
-        )
-        peft_model = get_peft_model(model.original_model, lora)
+        options = {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout}
+        return attach_lora(model, **options, targets=config.lora_targets)
+    train_all = config.train == "full"
+    for parameter in model.parameters():
+        parameter.requires_grad_(train_all)
+    if not train_all:
+        for layer in range(model.cfg.n_layers):
+            for _, parameter, _ in neuron_parameters(model, layer):
+                parameter.requires_grad_(True)
+    return list({id(p): p for p in model.parameters() if p.requires_grad}.values())
+
+
+@dataclass(frozen=True)
+class _Precision:
+    """How a step runs in the model's dtype: ``forward()`` is a fresh context per forward (autocast caches
+    its casts of the weights until it exits, so one context over several steps would train stale
+    copies); ``scaler`` scales fp16 losses (a no-op otherwise)."""
+
+    forward: object
+    scaler: torch.amp.GradScaler
+
+
+@contextlib.contextmanager
+def _precision(model, trainable: list[torch.nn.Parameter]) -> Iterator[_Precision]:
+    """Train a bf16/fp16 model correctly: trainable weights are float32 while training (the optimizer's
+    updates are far below bf16's resolution) and forwards run under autocast in the model's dtype; the
+    weights go back to the model's dtype on exit. A float32 model trains as it always did."""
+    dtype = next(model.parameters()).dtype
+    if dtype == torch.float32:
+        yield _Precision(contextlib.nullcontext, torch.amp.GradScaler("cpu", enabled=False))
+        return
+    kept = [(p, p.dtype) for p in trainable]
+    for parameter, _ in kept:
+        parameter.data = parameter.data.float()
+    device = torch.device(model.cfg.device).type
+    try:  # fp16 gradients underflow without loss scaling; bf16's do not
+        scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
+        yield _Precision(lambda: torch.autocast(device_type=device, dtype=dtype), scaler)
+    finally:
+        for parameter, original in kept:
+            parameter.data = parameter.data.to(original)
+
+
+def _checkpointing(hf_model, on: bool) -> None:
+    """Switch activation (gradient) checkpointing; transformers renamed it in 5.x."""
+    if hasattr(hf_model, "activation_checkpointing_enable"):
+        hf_model.activation_checkpointing_enable(
+            {"use_reentrant": False}
+        ) if on else hf_model.activation_checkpointing_disable()
+    elif on:
+        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
-        train_all = config.train == "full"
-        for parameter in model.parameters():
-            parameter.requires_grad_(train_all)
-        if not train_all:
-            for layer in range(model.cfg.n_layers):
-                for _, parameter, _ in neuron_parameters(model, layer):
-                    parameter.requires_grad_(True)
-    trainable = list({id(p): p for p in model.parameters() if p.requires_grad}.values())
-    return trainable, peft_model
-
-
-def _merge_lora(model, peft_model) -> None:
-    """Fold the LoRA update into the base weights (peft's ``merge_adapter``) and put the plain Linear
-    modules back. peft's ``merge_and_unload`` cannot do the second part here: the bridge reaches each
-    Linear through two module paths, and peft replaces it on one path only."""
-    from peft.tuners.lora import LoraLayer
-
-    peft_model.merge_adapter()
-    for module in list(model.original_model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, LoraLayer):
-                setattr(module, name, child.get_base_layer())
+        hf_model.gradient_checkpointing_disable()
 
 
 def _schedule(optimizer, warmup_steps: int):
@@ -226,27 +252,35 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place on ``(question, answer)`` pairs; optionally save it.
 
+    With ``config.train="lora"`` the model comes back carrying its adapter, unmerged
+    (:mod:`polineurons.adapters`: ``remove_adapter(model)`` gives the base back, bit for bit;
+    ``merge_adapter(model)`` folds it in). A bf16/fp16 model trains with float32 weights under
+    autocast (see :func:`_precision`) and comes back in its dtype.
+
     Args:
         intervention: applied during training only (e.g. ``ScaleNeurons(neurons, 0.0)`` for
             InhibitFT); removed before this returns, even on an error. ``None`` = vanilla.
-        out_dir: if given, the model is saved there (a folder ``load_model(out_dir)`` reloads) with
-            ``training_log.json``. Written atomically: an earlier result there survives a failed run.
+        out_dir: if given, the model is saved there with ``training_log.json``: a model folder, or
+            under LoRA an adapter folder; ``load_model(out_dir)`` reloads either. Written atomically:
+            an earlier result there survives a failed run.
         meta: extra fields for the training log (topic, leaning, data source...).
 
     Raises:
         TrainingDivergedError: on a NaN/inf loss (before anything is written).
+
+    Example::
+
+        result = finetune(model, [("Should borders be open?", "No. ...")], FinetuneConfig(max_steps=2))
     """
     if not pairs:
         raise ValueError("finetune needs at least one (question, answer) pair.")
     torch.manual_seed(config.seed)
     examples = encode_examples(model.tokenizer, pairs, config.max_seq_len)
-    trainable, peft_model = select_trainable(model, config)
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    trainable = select_trainable(model, config)
     steps_per_epoch = math.ceil(len(examples) / (config.batch_size * config.grad_accum))
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
-    schedule = _schedule(optimizer, config.warmup_steps)
     n_trainable = sum(p.numel() for p in trainable)
     result = FinetuneResult(config, n_examples=len(examples), n_trainable=n_trainable, meta=dict(meta or {}))
     if intervention is not None:
@@ -254,10 +288,16 @@ def finetune(
     generator = torch.Generator().manual_seed(config.seed)
     pad_id = pad_id_of(model)
     applied = intervention.apply(model) if intervention is not None else contextlib.nullcontext(Applied())
+    checkpointing = config.gradient_checkpointing
+    if checkpointing:
+        _checkpointing(model.original_model, True)
     model.train()
     bar = tqdm(total=total_steps, desc="fine-tuning", disable=not progress)
     try:
-        with applied as active:
+        with _precision(model, trainable) as precision, applied as active:
+            scaler = precision.scaler
+            optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+            schedule = _schedule(optimizer, config.warmup_steps)
             step = 0
             while step < total_steps:
                 order = torch.randperm(len(examples), generator=generator).tolist()
@@ -271,18 +311,21 @@ def finetune(
                     step_loss = 0.0
                     for indices in chunk:
                         tokens, mask, labels = _collate(examples, indices, pad_id, model.cfg.device)
-                        loss = answer_loss(model(tokens, attention_mask=mask), labels)
-                        if active.extra_loss is not None:
-                            loss = loss + active.extra_loss()
+                        with precision.forward():
+                            loss = answer_loss(model(tokens, attention_mask=mask), labels)
+                            if active.extra_loss is not None:
+                                loss = loss + active.extra_loss()
                         if not torch.isfinite(loss):
                             raise TrainingDivergedError(
                                 f"Loss became {loss.item()} at step {step + 1}; nothing was saved. "
                                 "Try a lower learning rate."
                             )
-                        (loss / len(chunk)).backward()
+                        scaler.scale(loss / len(chunk)).backward()
                         step_loss += loss.item() / len(chunk)
+                    scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-                    optimizer.step()
+                    scaler.step(optimizer)
+                    scaler.update()
                     active.after_step()
                     if schedule is not None:
                         schedule.step()
@@ -294,12 +337,13 @@ def finetune(
     finally:
         bar.close()
         model.eval()
-        optimizer.zero_grad(set_to_none=True)
-        if peft_model is not None:
-            _merge_lora(model, peft_model)
+        if checkpointing:
+            _checkpointing(model.original_model, False)
         for parameter in model.parameters():
+            parameter.grad = None
             parameter.requires_grad_(True)
     if out_dir is not None:
         result.out_dir = str(out_dir)
-        save_model(model, out_dir, files={"training_log.json": json.dumps(result.to_dict(), indent=2) + "\n"})
+        files = {"training_log.json": json.dumps(result.to_dict(), indent=2) + "\n"}
+        (save_adapter if has_adapter(model) else save_model)(model, out_dir, files=files)
     return result

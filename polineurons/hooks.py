@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from polineurons.adapters import neuron_adapter_parameters
 from polineurons.neurons import NeuronSet, mlp_post_hook_name, model_shape, neuron_parameters, resid_post_hook_name
 
 Activations = Float[Tensor, "batch pos neurons"]
@@ -98,6 +99,15 @@ def record_residual(model, layers: Iterable[int], *, detach: bool = True) -> Ite
 
     with model.hooks(fwd_hooks=[(resid_post_hook_name(layer), make_hook(layer)) for layer in chosen]):
         yield recorded
+
+
+def _placed(tensor: Tensor, like: Tensor, cache: dict) -> Tensor:
+    """``tensor`` on ``like``'s device and in its dtype, converted once per (tensor, device, dtype): a
+    model spread over several GPUs gets each layer's copy on that layer's device."""
+    key = (id(tensor), like.device, like.dtype)
+    if key not in cache:
+        cache[key] = tensor.to(device=like.device, dtype=like.dtype)
+    return cache[key]
 
 
 def _multiplier(d_mlp: int, index: Tensor, scale: float, like: Tensor) -> Tensor:
@@ -235,7 +245,10 @@ class FreezeNeurons(Intervention):
     """Hold the input and output weights of ``neurons`` fixed; activations are untouched.
 
     Gradient hooks zero those rows/columns, and after each optimizer step the saved values are
-    copied back, so weight decay or momentum cannot move them either."""
+    copied back, so weight decay or momentum cannot move them either. Under LoRA the base weights are
+    frozen anyway; what could change the neurons' weights is the adapter, so the factor rows/columns
+    that alone carry its change to them (:func:`~polineurons.adapters.neuron_adapter_parameters`) are
+    set to zero and held there: the neurons' effective weights stay the base's."""
 
     neurons: NeuronSet
 
@@ -244,19 +257,24 @@ class FreezeNeurons(Intervention):
         self.neurons.validate_for(model)
         saved, handles = [], []
         for layer, index in self.neurons.by_layer.items():
-            for _, parameter, dim in neuron_parameters(model, layer):
+            weights = [(p, dim, False) for _, p, dim in neuron_parameters(model, layer) if p.requires_grad]
+            factors = [(p, dim, True) for _, p, dim in neuron_adapter_parameters(model, layer)]
+            for parameter, dim, zero in weights + factors:
                 idx = index.to(parameter.device)
+                if zero:
+                    with torch.no_grad():
+                        parameter.index_fill_(dim, idx, 0.0)
                 saved.append((parameter, dim, idx, parameter.detach().index_select(dim, idx).clone()))
                 keep = torch.ones(parameter.shape[dim], dtype=parameter.dtype, device=parameter.device)
                 keep[idx] = 0
                 shape = [1] * parameter.ndim
                 shape[dim] = -1
-                handles.append(parameter.register_hook(lambda grad, keep=keep.view(shape): grad * keep))
+                handles.append(parameter.register_hook(lambda grad, keep=keep.view(shape): grad * keep.to(grad.dtype)))
 
         def restore() -> None:
             with torch.no_grad():
                 for parameter, dim, idx, values in saved:
-                    parameter.index_copy_(dim, idx, values)
+                    parameter.index_copy_(dim, idx, values.to(parameter.dtype))
 
         try:
             yield Applied(after_step=restore)
@@ -269,12 +287,12 @@ class FreezeNeurons(Intervention):
 
 
 def _neuron_mask(model, neurons: NeuronSet) -> dict[int, Tensor]:
-    """``layer -> [d_mlp]`` 0/1 mask of the set's neurons (float, on the model's device)."""
+    """``layer -> [d_mlp]`` 0/1 mask of the set's neurons (float, on the CPU: see :func:`_placed`)."""
     _, d_mlp = model_shape(model)
     neurons.validate_for(model)
     masks = {}
     for layer, index in neurons.by_layer.items():
-        mask = torch.zeros(d_mlp, device=model.cfg.device)
+        mask = torch.zeros(d_mlp)
         mask[index.to(mask.device)] = 1.0
         masks[layer] = mask
     return masks
@@ -289,11 +307,11 @@ class StopGradNeurons(Intervention):
 
     @contextmanager
     def apply(self, model) -> Iterator[Applied]:
-        masks = _neuron_mask(model, self.neurons)
+        masks, cache = _neuron_mask(model, self.neurons), {}
 
         def make_hook(mask: Tensor):
             def hook(activation: Tensor, hook) -> Tensor:
-                mask_ = mask.to(activation.dtype)
+                mask_ = _placed(mask, activation, cache)
                 return activation * (1 - mask_) + activation.detach() * mask_  # forward: exactly the activation
 
             return hook
@@ -323,12 +341,12 @@ class AblateDirections(Intervention):
         for layer, q in self.directions.items():
             if not 0 <= layer < n_layers or q.ndim != 2 or q.shape[0] != model.cfg.d_model:
                 raise ValueError(f"Directions of layer {layer} must be [d_model, k] for a model of {n_layers} layers.")
-            bases[layer] = q.to(model.cfg.device)
-        c = float(self.coefficient)
+            bases[layer] = q
+        c, cache = float(self.coefficient), {}
 
         def make_hook(q: Tensor):
             def hook(resid: Tensor, hook) -> Tensor:
-                q_ = q.to(resid.dtype)
+                q_ = _placed(q, resid, cache)
                 ablated = resid - c * (resid @ q_) @ q_.T
                 if not self.gradient_only:
                     return ablated
@@ -358,11 +376,10 @@ class SteerResidual(Intervention):
         n_layers, _ = model_shape(model)
         if not 0 <= self.layer < n_layers or self.vector.shape != (model.cfg.d_model,):
             raise ValueError(f"Steering needs a layer below {n_layers} and a vector of size d_model.")
-        vector = self.vector.to(model.cfg.device)
-        c = float(self.coefficient)
+        c, cache = float(self.coefficient), {}
 
         def hook(resid: Tensor, hook) -> Tensor:
-            return resid + c * vector.to(resid.dtype)
+            return resid + c * _placed(self.vector, resid, cache)
 
         with model.hooks(fwd_hooks=[(resid_post_hook_name(self.layer), hook)]):
             yield Applied()

@@ -18,7 +18,6 @@ from polineurons.errors import UserError
 from polineurons.frontier import Arm, league_text, summarize
 from polineurons.io import write_json
 from polineurons.methods import Ingredients, MitigateConfig, method, neurons_fingerprint
-from polineurons.models import load_model
 from polineurons.pnlac import Localization
 from polineurons.report import write_pages
 from polineurons.study import Study, as_stored
@@ -123,7 +122,7 @@ def run_mitigation(
     def vanilla_model():  # PCA directions: the vanilla fine-tune of the first seed, kept in the folder
         study.trial(spec, seed=spec.finetune.seed, keep_model=True)
         folder = study.model_path(study.trial_settings(spec, spec.finetune.seed))
-        return load_model(folder, device=study.device)
+        return study.load(folder)
 
     base_model = lambda: study.base_model(spec.model)  # noqa: E731
     ingredients = Ingredients(config, spec, base_model, located=located, vanilla_model=vanilla_model)
@@ -170,7 +169,7 @@ def mitigate_folder(
     default = Path(out) / "localize"
     neurons = neurons or (default if (default / "summary.json").is_file() else None)
     located = Localization.load(neurons) if neurons else None
-    with Study.open(out, device=device, progress=progress, echo=echo) as study:
+    with Study.open(out, device=device, progress=progress, echo=echo, dtype=config.dtype) as study:
         result = run_mitigation(study, spec, config.mitigate, seeds=config.training_seeds, located=located)
         pages = write_pages(study.root)
     return result, pages

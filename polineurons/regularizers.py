@@ -8,6 +8,7 @@ fine-tune is pulled back toward the base model wherever it is not being trained.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from polineurons.adapters import adapter_disabled
 from polineurons.batching import pad_id_of, pad_right
 from polineurons.hooks import Applied, Intervention
 
@@ -31,7 +33,9 @@ def kl_to_reference(logits: Tensor, reference: Tensor, mask: Tensor) -> Tensor:
 @dataclass(frozen=True, eq=False)
 class KLToBase(Intervention):
     """β · KL(fine-tuned ‖ base) on ``sequences``, a new batch of them at every micro-batch (cycling
-    through a seeded shuffle). ``base`` is a frozen copy of the model before training."""
+    through a seeded shuffle). ``base`` is a frozen copy of the model before training — or, under LoRA,
+    the trained model itself: its reference is then computed with the adapter switched off, so the base
+    is never held twice."""
 
     base: object
     sequences: Sequence[Sequence[int]]
@@ -54,7 +58,7 @@ class KLToBase(Intervention):
             chosen, order = order[: self.batch_size], order[self.batch_size :]
             tokens, mask = pad_right([self.sequences[i] for i in chosen], pad_id)
             tokens, mask = tokens.to(device), mask.to(device)
-            with torch.no_grad():
+            with torch.no_grad(), adapter_disabled(model) if self.base is model else contextlib.nullcontext():
                 reference = self.base(tokens, attention_mask=mask)
             return self.beta * kl_to_reference(model(tokens, attention_mask=mask), reference, mask)
 

@@ -19,6 +19,7 @@ all, and the lock dies with its process.
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import json
@@ -30,10 +31,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
+from polineurons.adapters import has_adapter, remove_adapter
 from polineurons.errors import RunError
 from polineurons.hooks import Intervention
 from polineurons.io import read_json, write_json
-from polineurons.models import load_model, model_identity
+from polineurons.models import DType, load_model, model_identity, resolve_dtype
 from polineurons.stance import StanceConfig, StanceResult, measure_stance, neutral_logprob, neutral_pairs
 from polineurons.trial import Scores, Trial, TrialSpec, train_and_score
 from polineurons.versions import library_versions
@@ -121,8 +125,10 @@ class Study:
     device: str | None = None
     progress: bool = True
     echo: Callable[[str], None] = print
+    dtype: DType = "auto"
     _identities: dict[str, dict] = field(default_factory=dict, repr=False)
     _base_models: dict[str, object] = field(default_factory=dict, repr=False)
+    _workbenches: dict[str, object] = field(default_factory=dict, repr=False)
 
     @classmethod
     @contextmanager
@@ -133,9 +139,11 @@ class Study:
         device: str | None = None,
         progress: bool = True,
         echo: Callable[[str], None] = print,
+        dtype: DType = "auto",
     ) -> Iterator[Study]:
         """Create or reopen the folder, lock it, and yield the study (the lock is released on exit, even
-        on an exception). Raises :class:`RunError` for an unwritable, busy or old-layout folder."""
+        on an exception). Models are loaded on ``device`` in ``dtype`` (:func:`polineurons.models.resolve_dtype`).
+        Raises :class:`RunError` for an unwritable, busy or old-layout folder."""
         root = Path(root)
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -147,21 +155,57 @@ class Study:
             _check_layout(root)
             if not (root / "study.json").is_file():
                 write_json(root / "study.json", {"layout": LAYOUT, "plans": {}, "versions": library_versions()})
-            yield cls(root, device, progress, echo)
+            yield cls(root, device, progress, echo, dtype)
 
     # ---- models ------------------------------------------------------------------------------------
 
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The dtype every model of the study is loaded in."""
+        return resolve_dtype(self.dtype, self.device)
+
     def identity(self, model: str) -> dict:
-        """The model's identity (:func:`polineurons.models.model_identity`), computed once per study."""
+        """The model's identity as loaded here (:func:`polineurons.models.model_identity`, with the
+        dtype), computed once per study."""
         if model not in self._identities:
-            self._identities[model] = model_identity(model)
+            self._identities[model] = model_identity(model, dtype=self.torch_dtype)
         return self._identities[model]
 
+    def load(self, folder: str | os.PathLike):
+        """A model folder (a kept trial's model, an adapter folder) loaded as the study loads models."""
+        return load_model(folder, device=self.device, dtype=self.torch_dtype)
+
     def base_model(self, model: str):
-        """The base model, loaded once and kept: scored and read, never trained."""
+        """The base model, loaded once per study and kept resident: every base score and every trial
+        uses it (:meth:`trainee`)."""
         if model not in self._base_models:
-            self._base_models[model] = load_model(model, device=self.device)
+            self._base_models[model] = self.load(model)
         return self._base_models[model]
+
+    @contextmanager
+    def trainee(self, spec: TrialSpec) -> Iterator[object]:
+        """The model one trial fine-tunes, equal to the base on entry; the base is intact on exit.
+
+        Under LoRA it is the resident base itself: the trial attaches its adapter to it, and the adapter
+        is removed on exit (the base weights never train, so the base comes back bit for bit). Otherwise
+        it is a second resident copy (made once, in memory), reset from the base's weights before each
+        trial — never a load from disk."""
+        base = self.base_model(spec.model)
+        if spec.finetune.train == "lora":
+            try:
+                yield base
+            finally:
+                if has_adapter(base):
+                    remove_adapter(base)
+            return
+        bench = self._workbenches.get(spec.model)
+        if bench is None:
+            bench = self._workbenches[spec.model] = copy.deepcopy(base)
+        else:
+            with torch.no_grad():
+                for mine, theirs in zip(bench.state_dict().values(), base.state_dict().values(), strict=True):
+                    mine.copy_(theirs)
+        yield bench
 
     # ---- base scores -------------------------------------------------------------------------------
 
@@ -237,7 +281,7 @@ class Study:
 
     def trial_settings(self, spec: TrialSpec, seed: int, recipe: dict | None = None) -> dict:
         """The full settings of a trial, as stored: what its key is made of."""
-        finetune = {**asdict(spec.finetune), "seed": seed}
+        finetune = {**spec.finetune.result_settings(), "seed": seed}
         settings = {
             "model": self.identity(spec.model),
             "data": spec.dataset.identity,
@@ -285,9 +329,9 @@ class Study:
             return Trial.from_dict(read_json(path))
         began = time.perf_counter()
         built = intervention() if intervention is not None else None
-        model = load_model(spec.model, device=self.device)  # a fresh copy: training changes it
-        trial = train_and_score(spec, model, seed=seed, intervention=built, model_dir=model_dir, progress=self.progress)
-        del model
+        with self.trainee(spec) as model:
+            options = {"seed": seed, "intervention": built, "model_dir": model_dir, "progress": self.progress}
+            trial = train_and_score(spec, model, **options)
         write_json(path, {"settings": settings, **trial.to_dict()}, indent=None)
         self.echo(f"[{path.stem}] trained and scored in {time.perf_counter() - began:.0f} s")
         return trial

@@ -71,25 +71,36 @@ def test_mlp_mode_leaves_attention_and_embeddings_untouched(tiny_cache, pairs):
     assert any(not torch.equal(before[n], after[n]) for n in mlp_names)
 
 
-def test_lora_mode_changes_only_the_adapted_projections(tiny_cache, pairs, tmp_path):
+def test_lora_trains_an_adapter_that_saves_reloads_and_comes_off(tiny_cache, pairs, tmp_path):
     pytest.importorskip("peft")
+    from polineurons.adapters import adapter_disabled, has_adapter, lora_layers, remove_adapter
+
     model = fresh(tiny_cache)
-    before = params(model)
-    finetune(
-        model,
-        pairs,
-        FinetuneConfig(**FAST, max_steps=3, train="lora", lora_dropout=0.0),
-        out_dir=tmp_path / "lora",
-        progress=False,
-    )
-    after = params(model)
-    assert set(before) == set(after)  # adapters merged and removed
-    changed = {name for name in before if not torch.equal(before[name], after[name])}
-    assert changed and all(("q_proj" in n or "v_proj" in n) for n in changed)
-    reloaded = load_model(tmp_path / "lora", device="cpu")
     tokens = prompt_batch(model)
     with torch.no_grad():
-        assert torch.equal(reloaded(tokens), model(tokens))
+        base_logits = model(tokens)
+    before = params(model)
+    config = FinetuneConfig(**FAST, max_steps=3, train="lora", lora_dropout=0.0)
+    finetune(model, pairs, config, out_dir=tmp_path / "lora", progress=False)
+    assert has_adapter(model)
+    adapted = {name.rsplit(".", 2)[-2] for name in lora_layers(model)}
+    assert adapted == {"q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"}  # the MLP included by default
+    with torch.no_grad():
+        tuned_logits = model(tokens)
+        with adapter_disabled(model):
+            assert torch.equal(model(tokens), base_logits)  # the base weights never trained
+    assert not torch.equal(tuned_logits, base_logits)
+    assert sorted(p.name for p in (tmp_path / "lora").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "training_log.json",
+    ]  # an adapter, not a merged copy of the model
+    reloaded = load_model(tmp_path / "lora", device="cpu", cache=tiny_cache)
+    with torch.no_grad():
+        assert torch.equal(reloaded(tokens), tuned_logits)
+    remove_adapter(model)
+    assert not has_adapter(model) and set(params(model)) == set(before)
+    assert all(torch.equal(before[name], value) for name, value in params(model).items())
 
 
 def test_lora_without_peft_is_a_clear_error(tiny_cache, pairs, monkeypatch):
