@@ -70,9 +70,9 @@ def _versus_controls(
     recovery: Mapping, prefix: str, what: str, key: str, reason: str, overlaps: Mapping | None
 ) -> Claim:
     name = f"{prefix}general"
-    controls = [rows[CTG] for n, rows in recovery.items() if n.startswith(f"{prefix}random:")]
-    if name not in recovery or CTG not in recovery[name]:
+    if name not in recovery or CTG not in recovery[name]:  # also: a folder from before the CTG column
         return Claim(key, what, "not measured", "", None)
+    controls = [rows[CTG] for n, rows in recovery.items() if n.startswith(f"{prefix}random:") and CTG in rows]
     if not controls:
         return Claim(key, what, f"CTG {_ci(recovery[name][CTG])}", f"no disjoint control: {reason}", None)
     row = recovery[name][CTG]

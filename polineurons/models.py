@@ -219,7 +219,8 @@ def load_model(
     from transformer_lens.model_bridge import TransformerBridge
 
     if name is not None and is_adapter_folder(Path(str(name)).expanduser()):
-        bridge = load_model(adapter_base(name), device=device, dtype=dtype, cache=cache, device_map=device_map)
+        spread = {"device_map": device_map, "n_devices": n_devices}
+        bridge = load_model(adapter_base(name), device=device, dtype=dtype, cache=cache, **spread)
         load_adapter(bridge, Path(str(name)).expanduser())
         bridge.cfg.model_name = str(name)
         return bridge

@@ -46,6 +46,13 @@ def test_folders_from_before_the_pairwise_summary_still_read():
     assert "overlap 0.30 (mean Jaccard, max 0.40)" in by_key(paper_claims(payload))["i"].measured
 
 
+def test_folders_from_before_the_ctg_column_read_as_not_measured():
+    """A run's patch/recovery.json written before CTG recovery was scored has per-topic rows only."""
+    patch = patch_payload((0.5, 0.3, 0.7), [(0.1, 0.0, 0.2)] * 3)
+    patch["recovery"] = {name: {"race": rows["race"]} for name, rows in patch["recovery"].items()}
+    assert by_key(paper_claims(localize_payload(), patch))["ii"].measured == "not measured"
+
+
 def test_patching_claim_needs_twice_the_controls_and_separate_cis():
     controls = [(0.1, 0.0, 0.2)] * 3
     holds = by_key(paper_claims(localize_payload(), patch_payload((0.5, 0.3, 0.7), controls)))
