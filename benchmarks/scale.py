@@ -152,8 +152,7 @@ def run_model(name: str, device: str, settings: Settings, echo: Callable[[str], 
         echo(f"  {name}: {label} {seconds:.1f} s" + ("" if peak is None else f", peak {peak:.1f} GiB"))
         return value
 
-    seconds, peak, model = _measure(device, lambda: random_model(name, device, dtype))
-    stages["load"] = {"seconds": round(seconds, 2), "peak_gib": None if peak is None else round(peak, 2)}
+    model = stage("load", lambda: random_model(name, device, dtype))
     parameters = sum(p.numel() for p in model.parameters())
     stage("base stance", lambda: measure_stance(model, data, stance, progress=False))
     stage("finetune", lambda: finetune(model, pairs, train, progress=False))

@@ -246,8 +246,13 @@ def load_model(
             f"Cannot load model '{display}': it is not a polineurons name ({', '.join(KNOWN_MODELS)}), "
             f"not a local folder, and {where}. Cause: {error}"
         ) from error
+    return _set_up(bridge, display)
+
+
+def _set_up(bridge: TransformerBridge, name: str) -> TransformerBridge:
+    """Eval mode, the user-facing name, and no BOS of the bridge's own for chat models."""
     bridge.eval()
-    bridge.cfg.model_name = display
+    bridge.cfg.model_name = name
     bridge.cfg.default_prepend_bos = not has_chat_template(bridge.tokenizer)
     return bridge
 
@@ -264,11 +269,7 @@ def bridge_hf_model(hf_model, tokenizer, *, name: str = "in-memory model") -> Tr
     from transformer_lens.model_bridge import TransformerBridge
 
     source = getattr(tokenizer, "name_or_path", None) or name
-    bridge = TransformerBridge.boot_transformers(source, hf_model=hf_model, tokenizer=tokenizer)
-    bridge.eval()
-    bridge.cfg.model_name = name
-    bridge.cfg.default_prepend_bos = not has_chat_template(bridge.tokenizer)
-    return bridge
+    return _set_up(TransformerBridge.boot_transformers(source, hf_model=hf_model, tokenizer=tokenizer), name)
 
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
