@@ -34,13 +34,13 @@ from polineurons import load_model
 from polineurons.batching import length_sorted_batches, pad_id_of, pad_right, sequence_batches
 from polineurons.contrasts import finetune_contrast
 from polineurons.data import encode_prompt, load_data
-from polineurons.finetune import FinetuneConfig, finetune, training_pairs
 from polineurons.hooks import ScaleNeurons
 from polineurons.models import EMBEDDED_MODEL
 from polineurons.neurons import NeuronSet, mlp_post_hook_name, model_shape
 from polineurons.patching import check_attribution
 from polineurons.pnlac import top_percent
 from polineurons.stance import continuation_logprobs, stance_pairs
+from polineurons.training import FinetuneConfig, finetune, training_pairs
 from polineurons.versions import library_versions
 
 HERE = Path(__file__).resolve().parent

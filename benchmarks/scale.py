@@ -37,11 +37,11 @@ import torch
 from polineurons.adapters import remove_adapter
 from polineurons.data import load_data
 from polineurons.directions import leaning_directions
-from polineurons.finetune import FinetuneConfig, finetune, training_pairs
 from polineurons.hooks import AblateDirections
 from polineurons.models import bridge_hf_model, ensure_embedded_cached, resolve_dtype
 from polineurons.pnlac import LocalizeConfig, localize
 from polineurons.stance import StanceConfig, measure_stance
+from polineurons.training import FinetuneConfig, finetune, training_pairs
 from polineurons.versions import library_versions
 
 HERE = Path(__file__).resolve().parent

@@ -27,7 +27,7 @@ import plotly.graph_objects as go
 from polineurons import load_model
 from polineurons.data import load_data
 from polineurons.io import read_json, write_json
-from polineurons.screen import ScreenConfig, StanceAxes, screen, stance_axes
+from polineurons.screening import ScreenConfig, StanceAxes, screen, stance_axes
 from polineurons.stats import spearman
 
 PREDICTORS = ("transfer_cosine", "predicted_ctg_ratio", "lexical_transfer")

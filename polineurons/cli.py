@@ -13,71 +13,39 @@ from typing import Annotated, Literal, Union
 import tyro
 
 from polineurons.artifacts import load_run, results_text
+from polineurons.cli_options import (
+    Base,
+    Flat,
+    JsonOut,
+    Leaning,
+    Loads,
+    Model,
+    OnData,
+    OnPair,
+    Scoring,
+    Sweeps,
+    Target,
+    write_report,
+)
 from polineurons.config import RunConfig, preset_named
 from polineurons.data import load_data
 from polineurons.errors import UserError
 from polineurons.experiment import STAGES, run_pipeline
-from polineurons.finetune import FinetuneConfig, finetune, training_pairs
 from polineurons.generalization import measure_generalization
-from polineurons.io import write_json
 from polineurons.matrix import MatrixConfig, matrix_text, run_matrix
 from polineurons.mitigate import league_text, mitigate_folder
-from polineurons.models import EMBEDDED_MODEL, DType, generate_answer, load_model, model_summary
+from polineurons.models import EMBEDDED_MODEL, generate_answer, model_summary
 from polineurons.patching import PatchConfig, patch_experiment, recovery_text
 from polineurons.pnlac import Localization, LocalizeConfig, localize
 from polineurons.report import write_pages
-from polineurons.screen import ScreenConfig, screen
-from polineurons.stance import StanceConfig, measure_stance, measure_statements, topic_table
+from polineurons.screening import ScreenConfig, screen
+from polineurons.stance import measure_stance, measure_statements, topic_table
 from polineurons.study import Study
-
-Flat = tyro.conf.arg(name="")  # a nested config's options without a prefix: --top-k, not --config.top-k
-Model = Annotated[str, tyro.conf.arg(aliases=("-m",), help="embedded, tiny-llama, tiny-gemma3, a folder, a hub id.")]
-Base = Annotated[str, tyro.conf.arg(help="Base model (default: the embedded model).")]
-Device = Annotated[str | None, tyro.conf.arg(help="cpu, cuda, ... (default: cuda if available).")]
-Dtype = Annotated[DType, tyro.conf.arg(help="Weights' dtype; auto: bfloat16 on a GPU, float32 on a CPU.")]
-Data = Annotated[str, tyro.conf.arg(help="voices, arguments, crosscheck, briefs, a JSONL file or folder, hf:NAME.")]
-Target = Annotated[str, tyro.conf.arg(help="The fine-tuning topic.")]
-JsonOut = Annotated[Path | None, tyro.conf.arg(help="Write the results as JSON here.")]
-Leaning = Literal["left", "right"]
-
-
-def _dataset(data: str, target: str | None = None):
-    dataset = load_data(data)
-    dataset.select(topics=[target] if target else None)  # an unknown target fails here, before any work
-    return dataset
-
-
-def _write(out: Path | None, report: dict) -> None:
-    if out is not None:
-        write_json(out, report)
-        print(f"wrote {out}")
+from polineurons.training import FinetuneConfig, finetune, training_pairs
 
 
 @dataclass(kw_only=True)
-class _Loads:
-    device: Device = None
-    dtype: Dtype = "auto"
-
-    def load(self, model: str | Path | None):
-        return load_model(model, device=self.device, dtype=self.dtype) if model else None
-
-
-@dataclass(kw_only=True)
-class _OnData(_Loads):
-    data: Data = "voices"
-
-
-@dataclass(kw_only=True)
-class _OnPair(_OnData):  # compares a fine-tuned model with its base
-    finetuned: Path
-    base: Base = EMBEDDED_MODEL
-
-    def models(self):
-        return self.load(self.base), self.load(self.finetuned)
-
-
-@dataclass(kw_only=True)
-class Info(_Loads):
+class Info(Loads):
     """Load a model and print its shape, tokenizer set-up and cache folder (and its answer to --ask)."""
 
     model: Model = EMBEDDED_MODEL
@@ -92,19 +60,19 @@ class Info(_Loads):
 
 
 @dataclass(kw_only=True)
-class Stance(_OnData):
+class Stance(OnData):
     """Score a model's stance per topic (positive = leans right) with bootstrap 95% CIs."""
 
     model: Model = EMBEDDED_MODEL
-    topics: tuple[str, ...] = ()  # default: all
+    topics: tuple[str, ...] = ()  # Topics scored (empty: all).
     split: Literal["train", "eval", "all"] = "eval"
     statements: bool = False
     """Also score the statement items."""
-    config: Annotated[StanceConfig, Flat] = StanceConfig()
+    config: Annotated[Scoring, Flat] = Scoring()
     out: JsonOut = None
 
     def __call__(self) -> None:
-        dataset = _dataset(self.data)
+        dataset = self.dataset()
         selected = dataset.select(topics=self.topics or None, split=None if self.split == "all" else self.split)
         bridge = self.load(self.model)
         result = measure_stance(bridge, selected, self.config, split=None)
@@ -114,48 +82,48 @@ class Stance(_OnData):
             topics = measure_statements(bridge, selected, batch_size=self.config.batch_size)
             report["statements"] = {t: {k: v for k, v in vars(s).items() if k != "topic"} for t, s in topics.items()}
             print(topic_table("statements (score = log-prob of the right-leaning reply - the other)", topics))
-        _write(self.out, report)
+        write_report(self.out, report)
 
 
 @dataclass(kw_only=True)
-class Finetune(_OnData):
+class Finetune(OnData):
     """Fine-tune a model toward a leaning on one topic; save it where `load_model(out)` reloads it."""
 
-    topic: Target
+    target: Target
     out: Annotated[Path, tyro.conf.arg(help="Folder for the fine-tuned model and training_log.json.")]
     leaning: Leaning = "right"
     model: Model = EMBEDDED_MODEL
     config: Annotated[FinetuneConfig, Flat] = FinetuneConfig()
 
     def __call__(self) -> None:
-        dataset = _dataset(self.data)
-        pairs = training_pairs(dataset, self.topic, self.leaning)
+        dataset = self.dataset()
+        pairs = training_pairs(dataset, self.target, self.leaning)
         bridge = self.load(self.model)
         meta = {"base_model": bridge.cfg.model_name, "data": dataset.source, "leaning": self.leaning}
-        print(f"{finetune(bridge, pairs, self.config, out_dir=self.out, meta=meta | {'topic': self.topic}).summary()}")
+        print(f"{finetune(bridge, pairs, self.config, out_dir=self.out, meta=meta | {'topic': self.target}).summary()}")
 
 
 @dataclass(kw_only=True)
-class Generalization(_OnPair):
+class Generalization(OnPair):
     """Stance shift per topic (fine-tuned minus base) with CIs, target shift, CTG and CTG ratio."""
 
     target: Target
     leaning: Leaning = "right"
-    config: Annotated[StanceConfig, Flat] = StanceConfig()
+    config: Annotated[Scoring, Flat] = Scoring()
     out: JsonOut = None
 
     def __call__(self) -> None:
-        dataset = _dataset(self.data, self.target)
+        dataset = self.dataset(self.target)
         result, before, after = measure_generalization(
             *self.models(), dataset, self.target, self.config, leaning=self.leaning
         )
         print(result.table())
         report = {"base": self.base, "finetuned": str(self.finetuned), "data": dataset.source, **result.to_dict()}
-        _write(self.out, {**report, "base_stance": before.to_dict(), "finetuned_stance": after.to_dict()})
+        write_report(self.out, {**report, "base_stance": before.to_dict(), "finetuned_stance": after.to_dict()})
 
 
 @dataclass(kw_only=True)
-class Localize(_OnData):
+class Localize(OnData):
     """PNLAC: contrast activations per topic (--contrast); save general and topic-specific neurons."""
 
     out: Path  # Folder for NeuronSets, scores and summary.json.
@@ -169,12 +137,12 @@ class Localize(_OnData):
     def __call__(self) -> None:
         base, tuned, opposite = (self.load(m) for m in (self.base, self.finetuned, self.opposite))
         options = {"target": self.target, "opposite": opposite, "leaning": self.leaning}
-        located = localize(base, tuned, _dataset(self.data, self.target), self.config, **options)
+        located = localize(base, tuned, self.dataset(self.target), self.config, **options)
         print(f"{located.describe()}\nsaved to {located.save(self.out)}")
 
 
 @dataclass(kw_only=True)
-class Patch(_OnPair):
+class Patch(OnPair):
     """Patch neuron sets from the fine-tuned model into the base; recovery per topic with CIs."""
 
     neurons: Path  # A `polineurons localize` output folder.
@@ -183,74 +151,73 @@ class Patch(_OnPair):
     config: Annotated[PatchConfig, Flat] = PatchConfig()
 
     def __call__(self) -> None:
-        located, dataset = Localization.load(self.neurons), _dataset(self.data, self.target)
+        located, dataset = Localization.load(self.neurons), self.dataset(self.target)
         result = patch_experiment(*self.models(), dataset, located, self.config, target=self.target)
         print(recovery_text(result))
-        _write(self.out, {"base": self.base, "finetuned": str(self.finetuned), "neurons": str(self.neurons), **result})
+        write_report(
+            self.out, {"base": self.base, "finetuned": str(self.finetuned), "neurons": str(self.neurons), **result}
+        )
 
 
 @dataclass
-class Mitigate:
+class Mitigate(Sweeps):
     """The mitigation frontier: fine-tune with each method at each strength (default: each method's own)
     and with its matched random control; compare with vanilla. Resumable; a folder grows by methods,
     strengths and seeds, and a run's folder shares its vanilla fine-tunes and base scores."""
 
     out: Path  # Study folder; mitigation.json and mitigation.html cover every trial in it.
     config: Annotated[RunConfig, Flat]
-    neurons: Path | None = None  # A `polineurons localize` folder for the neuron methods (default: OUT/localize).
-    device: Device = None
+    neurons: Path | None = None  # A `polineurons localize` folder for the neuron methods (None: OUT/localize).
 
     def __call__(self) -> None:
-        result, pages = mitigate_folder(self.out, self.config, neurons=self.neurons, device=self.device)
+        options = {"neurons": self.neurons, "device": self.device, "launch": self.launch}
+        result, pages = mitigate_folder(self.out, self.config, **options)
         print(f"{league_text(result)}\nwrote {self.out / 'mitigation.json'}; pages: {', '.join(map(str, pages))}")
 
 
 @dataclass(kw_only=True)
-class Screen(_OnData):
+class Screen(OnData):
     """Predict spill-over before training, from the base model alone: answer directions and word markers."""
 
     target: Target
     model: Model = EMBEDDED_MODEL
-    eval_data: str | None = None  # Data whose eval answers the training push is compared with (default: --data).
+    eval_data: str | None = None  # Data whose eval answers the training push is compared with (None: --data).
     config: Annotated[ScreenConfig, Flat] = ScreenConfig()
     out: JsonOut = None
 
     def __call__(self) -> None:
-        dataset, other = _dataset(self.data, self.target), load_data(self.eval_data) if self.eval_data else None
+        dataset, other = self.dataset(self.target), load_data(self.eval_data) if self.eval_data else None
         result = screen(self.load(self.model), dataset, self.target, self.config, eval_data=other)
         print(result.table())
-        _write(self.out, result.to_dict())
+        write_report(self.out, result.to_dict())
 
 
 @dataclass
-class Matrix:
+class Matrix(Sweeps):
     """Fine-tune toward each leaning on each topic and score every topic: the cross-topic matrix (resumable)."""
 
     out: Path  # Study folder: one trial per cell, matrix.json and matrix.html (every cell in it).
     config: Annotated[RunConfig, Flat]
     matrix: Annotated[MatrixConfig, Flat] = MatrixConfig()
-    device: Device = None
 
     def __call__(self) -> None:
-        with Study.open(self.out, device=self.device, dtype=self.config.dtype) as study:
+        with Study.open(self.out, device=self.device, dtype=self.config.dtype, launch=self.launch) as study:
             result, pages = run_matrix(study, self.config, self.matrix), write_pages(study.root)
         print(f"{matrix_text(result)}\npages: {', '.join(map(str, pages))}")
 
 
 @dataclass
-class Run:
+class Run(Sweeps):
     """Every stage, resumable: base stance, fine-tune, generalization, localize, patch, mitigate, figures, report."""
 
-    out: Path
-    """Study folder: every stage's artifacts, results.json and report.html."""
+    out: Path  # Study folder: every stage's artifacts, results.json and report.html.
     config: Annotated[RunConfig, Flat]
     force: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()  # Recompute this stage and those after it.
-    device: Device = None
 
     def __call__(self) -> None:
         print(f"run folder {self.out}; stages: {', '.join(STAGES)}")
         try:
-            results = run_pipeline(self.config, self.out, force=self.force, device=self.device)
+            results = run_pipeline(self.config, self.out, force=self.force, device=self.device, launch=self.launch)
         except KeyboardInterrupt:
             print(f"\ninterrupted: finished stages are kept in {self.out}; rerun to resume.", file=sys.stderr)
             raise SystemExit(130) from None
@@ -278,11 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         preset = RunConfig.from_preset(preset_named(argv))  # its values: the defaults other options override
         frontier = replace(preset, mitigate=replace(preset.mitigate, strengths=()))  # mitigate: each method's own
-        defaults = {
-            Run: Run(tyro.MISSING, preset),
-            Matrix: Matrix(tyro.MISSING, preset),
-            Mitigate: Mitigate(tyro.MISSING, frontier),
-        }
+        defaults = {c: c(tyro.MISSING, preset) for c in (Run, Matrix)} | {Mitigate: Mitigate(tyro.MISSING, frontier)}
         choices = [Annotated[c, tyro.conf.subcommand(c.__name__.lower(), default=defaults.get(c))] for c in COMMANDS]
         try:
             options = Union[tuple(choices)]  # noqa: UP007 (a Union built at run time)

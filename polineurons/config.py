@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -16,12 +17,12 @@ from typing import Any, Literal
 from polineurons.data import load_data
 from polineurons.data.items import DataError, StanceDataset
 from polineurons.errors import RunError
-from polineurons.finetune import FinetuneConfig
 from polineurons.methods import MitigateConfig
 from polineurons.models import EMBEDDED_MODEL, DType, resolve_model_path
 from polineurons.patching import PatchConfig
 from polineurons.pnlac import LocalizeConfig
 from polineurons.stance import StanceConfig
+from polineurons.training import FinetuneConfig
 from polineurons.trial import TrialSpec
 
 Preset = Literal["quick", "full", "smoke"]
@@ -49,6 +50,8 @@ class RunConfig:
     """Weights' dtype: auto (bfloat16 on a GPU, float32 on a CPU), float32, bfloat16, float16."""
     data: str = "voices"
     """Training and eval data: voices (v2), arguments (v1), a JSONL file or folder, an IDEOINST folder, hf:NAME."""
+    eval_size: int = 20
+    """Items per topic held out for evaluation, in data without a fixed split (seeded)."""
     target: str = "immigration"
     """Topic to fine-tune on."""
     leaning: Literal["left", "right"] = "right"
@@ -84,8 +87,8 @@ class RunConfig:
             raise ValueError(f"Unknown leaning '{self.leaning}': use left or right.")
         if self.preset not in PRESETS:
             raise RunError(f"Unknown preset '{self.preset}': use {', '.join(PRESETS)}.")
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {self.seeds}.")
+        if self.seeds < 1 or self.eval_size < 1:
+            raise ValueError(f"seeds and eval_size must be >= 1, got {self.seeds} and {self.eval_size}.")
         if self.data in self.check_data:
             raise ValueError(f"check_data must be other data than the training data '{self.data}'.")
 
@@ -173,14 +176,15 @@ def load_inputs(config: RunConfig) -> tuple[StanceDataset, dict[str, StanceDatas
     try:
         checks = {name: load_data(name) for name in config.check_data}
         resolve_model_path(config.model)
-        return load_data(config.data), checks
+        return load_data(config.data, eval_size=config.eval_size), checks
     except (DataError, LookupError) as error:
         raise RunError(str(error)) from error
 
 
 def trial_spec(config: RunConfig) -> TrialSpec:
     """What ``config``'s trials train and how they are scored, from validated inputs: an unknown data
-    set or model, or a target topic missing from the data or a check data set, fails here."""
+    set or model, or a target topic missing from the data, fails here. A check data set without the
+    target topic and another is skipped, with a warning (a user's own topics are rarely in ours)."""
     dataset, checks = load_inputs(config)
     if config.target not in dataset.topics:
         raise RunError(
@@ -188,10 +192,13 @@ def trial_spec(config: RunConfig) -> TrialSpec:
         )
     if len(dataset.topics) < 2:
         raise RunError(f"{dataset.source} has one topic; cross-topic generalization needs at least two.")
-    for name, check in checks.items():
+    for name, check in list(checks.items()):
         if config.target not in check.topics or len(check.topics) < 2:
-            raise RunError(
-                f"Check data {name} needs the topic '{config.target}' and another; it has {', '.join(check.topics)}."
+            del checks[name]
+            warnings.warn(
+                f"Check data {name} is not scored: it needs the topic '{config.target}' and another, and has "
+                f"{', '.join(check.topics)}.",
+                stacklevel=2,
             )
     options = (config.finetune, config.stance, checks, config.check, config.model)
     return TrialSpec(dataset, config.target, config.leaning, *options)

@@ -23,7 +23,7 @@ from polineurons.batching import length_sorted_batches, pad_id_of, pad_right
 from polineurons.data.items import StanceDataset
 from polineurons.hooks import record_residual
 from polineurons.neurons import NeuronSet, neuron_parameters
-from polineurons.screen import answer_direction
+from polineurons.screening import answer_direction
 
 Directions = dict[int, Float[Tensor, "d_model k"]]
 

@@ -43,15 +43,17 @@ from polineurons.errors import RunError
 from polineurons.generalization import compare, seed_headlines
 from polineurons.hooks import neuron_activations
 from polineurons.io import atomic_path, read_json, write_json
+from polineurons.launch import LaunchConfig
 from polineurons.methods import neurons_fingerprint
 from polineurons.mitigate import method_settings, plan_arms, recipe, run_mitigation
 from polineurons.patching import disjoint_controls, patch_experiment
 from polineurons.pnlac import Localization, localize
 from polineurons.report import write_report
-from polineurons.screen import default_layers
+from polineurons.screening import default_layers
+from polineurons.settings import as_stored, changed_settings, describe_changes
 from polineurons.stance import StanceResult
-from polineurons.study import Study, as_stored, changed_settings, describe_changes
-from polineurons.trial import TrialSpec
+from polineurons.study import Study
+from polineurons.trial import TrialRequest, TrialSpec
 from polineurons.versions import library_versions
 from polineurons.viz import run_figures
 
@@ -106,10 +108,12 @@ def _stage_base_stance(ctx: RunContext) -> None:
 
 def _stage_finetune(ctx: RunContext) -> None:
     """One trial (fine-tune, then scoring) per training seed; a finished seed is never retrained."""
-    study, spec, trials = ctx.study, ctx.spec, {}
-    for i, seed in enumerate(ctx.config.training_seeds):
-        study.trial(spec, seed=seed, keep_model=i == 0)  # the first seed's model is kept for localize and patch
-        trials[str(seed)] = str(study.trial_path(study.trial_settings(spec, seed)).relative_to(study.root))
+    study, spec, seeds = ctx.study, ctx.spec, ctx.config.training_seeds
+    # the first seed's model is kept for localize and patch
+    study.run_trials([TrialRequest(spec, seed, keep_model=i == 0) for i, seed in enumerate(seeds)])
+    trials = {
+        str(seed): str(study.trial_path(study.trial_settings(spec, seed)).relative_to(study.root)) for seed in seeds
+    }
     ctx.outputs["finetune"] = {"trials": trials, "model": str(ctx.model_dir().relative_to(study.root))}
 
 
@@ -331,11 +335,13 @@ def run_pipeline(
     device: str | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    launch: LaunchConfig = LaunchConfig(),
 ) -> dict:
     """Run (or resume) every stage into the study folder ``out_dir`` (locked while it runs); returns
-    ``results.json``'s content."""
+    ``results.json``'s content. ``launch``: where the trials (seeds, mitigations) train."""
     spec = trial_spec(config)
-    with Study.open(out_dir, device=device, progress=progress, echo=echo, dtype=config.dtype) as study:
+    options = {"device": device, "progress": progress, "echo": echo, "dtype": config.dtype, "launch": launch}
+    with Study.open(out_dir, **options) as study:
         resolved = resolve_inputs(study, spec)
         plan = plan_stages(config, study.root, force, resolved)
         layout = RunLayout(study.root)

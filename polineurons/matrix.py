@@ -22,7 +22,7 @@ from polineurons.generalization import compare, leaning_split, seed_headlines
 from polineurons.io import write_json
 from polineurons.stance import StanceResult
 from polineurons.study import Study
-from polineurons.trial import Trial, TrialSpec
+from polineurons.trial import Trial, TrialRequest, TrialSpec
 from polineurons.versions import library_versions
 
 LEANINGS: tuple[Literal["left", "right"], ...] = ("left", "right")
@@ -33,7 +33,7 @@ class MatrixConfig:
     """Which cells the matrix has."""
 
     targets: tuple[str, ...] = ()
-    """Fine-tuning topics (default: every topic of the data)."""
+    """Fine-tuning topics (empty: every topic of the data)."""
     leanings: tuple[Literal["left", "right"], ...] = LEANINGS
     """Leanings fine-tuned toward."""
 
@@ -64,9 +64,7 @@ def run_matrix(study: Study, config: RunConfig, matrix: MatrixConfig) -> dict:
 
     study.guard("matrix", _guarded(study, spec(targets[0], "right")))
     seed = config.finetune.seed
-    for target in targets:
-        for leaning in matrix.leanings:
-            study.trial(spec(target, leaning), seed=seed)
+    study.run_trials([TrialRequest(spec(target, leaning), seed) for target in targets for leaning in matrix.leanings])
     base = study.base_scores(spec(targets[0], "right"))
     found = {
         (t, lean): trial

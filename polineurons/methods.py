@@ -49,7 +49,7 @@ from polineurons.hooks import (
 )
 from polineurons.pnlac import Localization
 from polineurons.regularizers import KLToBase
-from polineurons.screen import answer_direction, default_layers
+from polineurons.screening import answer_direction, default_layers
 from polineurons.stance import neutral_pairs
 from polineurons.trial import TrialSpec
 
@@ -63,20 +63,20 @@ class MitigateConfig:
     methods: tuple[MethodName, ...] = ("caft", "steer")
     """Methods compared with vanilla (see polineurons.methods)."""
     strengths: tuple[float, ...] = ()
-    """Relative strengths, > 0, for every method (default: each method's own, spanning ~80-100% of the
+    """Relative strengths, > 0, for every method (empty: each method's own, spanning ~80-100% of the
     target kept at the quick settings: caft 0.025 0.05 0.075 0.1, steer 0.5 1 1.5, ...; see polineurons.methods)."""
     controls: bool = True
     """Also train each method's matched random control."""
     percent: float = 5.0
     """Neuron methods: percent of all neurons (top general) per unit of strength."""
     layers: tuple[int, ...] | None = None
-    """CAFT layers (default: at 1/5 and 2/5 of the depth, 6 and 12 of 30)."""
+    """CAFT layers (None: at 1/5 and 2/5 of the depth, 6 and 12 of 30)."""
     directions: Literal["leaning", "pca"] = "leaning"
     """CAFT directions: the leaning direction orthogonal to the target's own, or PCs of (vanilla − base)."""
     rank: int = 2
     """CAFT with pca: principal components per layer."""
     steer_layer: int | None = None
-    """Steering layer (default: the middle one)."""
+    """Steering layer (None: the middle one)."""
     kl_beta: float = 1.0
     """KL weight per unit of strength."""
     items: int = 32
@@ -101,7 +101,8 @@ class Ingredients:
     base model — computed once, on first use.
 
     ``base`` returns the resident base model (never trained); ``vanilla_model`` the first seed's
-    vanilla fine-tune (PCA directions only)."""
+    vanilla fine-tune (PCA directions only). Copied to another process (a Ray worker), ingredients take
+    their settings and what they have computed, never a model: :meth:`attach` gives them that process's base."""
 
     def __init__(
         self,
@@ -121,9 +122,21 @@ class Ingredients:
             self._cache[key] = make()
         return self._cache[key]
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_base": None, "vanilla_model": None}
+
+    def attach(self, base: Callable[[], object]) -> Ingredients:
+        """Use ``base`` for the base model unless one is already given (returns self)."""
+        if self._base is None:
+            self._base = base
+        return self
+
     @property
     def base(self):
-        return self._get("base", self._base)
+        """The base model (``base()``: the study keeps it resident, so no copy is held here)."""
+        if self._base is None:
+            raise RuntimeError("These ingredients were copied from another process: attach() its base model.")
+        return self._base()
 
     def general_neurons(self, strength: float, seed: int, control: bool):
         """The top ``strength·percent``% general neurons, or (control) a layer-matched random set drawn

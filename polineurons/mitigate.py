@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from polineurons.config import RunConfig, trial_spec
 from polineurons.errors import UserError
 from polineurons.frontier import Arm, league_text, summarize
+from polineurons.hooks import Intervention
 from polineurons.io import write_json
+from polineurons.launch import LaunchConfig
 from polineurons.methods import Ingredients, MitigateConfig, method, neurons_fingerprint
 from polineurons.pnlac import Localization
 from polineurons.report import write_pages
-from polineurons.study import Study, as_stored
-from polineurons.trial import Trial, TrialSpec
+from polineurons.settings import as_stored
+from polineurons.study import Study
+from polineurons.trial import Trial, TrialRequest, TrialSpec
 from polineurons.versions import library_versions
 
 __all__ = ["Arm", "MitigateConfig", "league_text", "mitigate_folder", "plan_arms", "run_mitigation"]
@@ -37,6 +41,24 @@ def plan_arms(config: MitigateConfig, seeds: Sequence[int]) -> list[Arm]:
                 if config.controls:
                     arms.append(Arm(name, strength, seed, control=True))
     return arms
+
+
+@dataclass(frozen=True, eq=False)
+class ArmIntervention:
+    """One arm's intervention, built from the comparison's shared ingredients in whichever process
+    trains the arm (this one, or a Ray worker that receives it with the ingredients computed)."""
+
+    ingredients: Ingredients
+    arm: Arm
+
+    def prepare(self, study: Study) -> None:
+        """Compute what the arm needs (directions, a steering vector...) here, once per comparison."""
+        self(study)
+
+    def __call__(self, study: Study) -> Intervention:
+        chosen, arm = method(self.arm.method), self.arm
+        ingredients = self.ingredients.attach(lambda: study.base_model(self.ingredients.spec.model))
+        return chosen.build(ingredients, arm.strength, arm.seed, arm.control)
 
 
 def method_settings(name: str, config: MitigateConfig, neurons: str | None, directions_seed: int) -> dict:
@@ -126,17 +148,13 @@ def run_mitigation(
 
     base_model = lambda: study.base_model(spec.model)  # noqa: E731
     ingredients = Ingredients(config, spec, base_model, located=located, vanilla_model=vanilla_model)
-    for arm in plan_arms(config, seeds):
-        if arm.method == "vanilla":
-            study.trial(spec, seed=arm.seed)
-            continue
-        chosen = method(arm.method)
-        study.trial(
-            spec,
-            seed=arm.seed,
-            recipe=recipe(arm, settings[arm.method]),
-            intervention=lambda arm=arm, chosen=chosen: chosen.build(ingredients, arm.strength, arm.seed, arm.control),
-        )
+    requests = [
+        TrialRequest(spec, arm.seed)
+        if arm.method == "vanilla"
+        else TrialRequest(spec, arm.seed, recipe(arm, settings[arm.method]), ArmIntervention(ingredients, arm))
+        for arm in plan_arms(config, seeds)
+    ]
+    study.run_trials(requests)
     result = summarize(base, folder_arms(study, spec), spec.target, spec.leaning)
     methods = method_plans(study)
     result.update(
@@ -160,16 +178,18 @@ def mitigate_folder(
     device: str | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    launch: LaunchConfig = LaunchConfig(),
 ) -> tuple[dict, list[Path]]:
     """``config``'s mitigations (``config.mitigate``, every training seed) in the study folder ``out``
     (locked meanwhile), then every page of the folder (:func:`polineurons.report.write_pages`:
     ``mitigation.html``, and a run's report). ``neurons``: a ``polineurons localize`` folder (default:
-    ``out/localize`` when there is one)."""
+    ``out/localize`` when there is one); ``launch``: where the trials train."""
     spec = trial_spec(config)
     default = Path(out) / "localize"
     neurons = neurons or (default if (default / "summary.json").is_file() else None)
     located = Localization.load(neurons) if neurons else None
-    with Study.open(out, device=device, progress=progress, echo=echo, dtype=config.dtype) as study:
+    options = {"device": device, "progress": progress, "echo": echo, "dtype": config.dtype, "launch": launch}
+    with Study.open(out, **options) as study:
         result = run_mitigation(study, spec, config.mitigate, seeds=config.training_seeds, located=located)
         pages = write_pages(study.root)
     return result, pages

@@ -185,13 +185,14 @@ def _hub_offline() -> bool:
 
 
 def load_model(
-    name: str | os.PathLike | None = None,
+    name: str | os.PathLike | torch.nn.Module | None = None,
     *,
     device: str | torch.device | None = None,
     dtype: DType | torch.dtype = "float32",
     cache: str | os.PathLike | None = None,
     device_map: str | dict | None = None,
     n_devices: int | None = None,
+    tokenizer: object | None = None,
 ) -> TransformerBridge:
     """Load a model as a TransformerLens ``TransformerBridge`` (eval mode, tokenizer attached).
 
@@ -200,24 +201,37 @@ def load_model(
             the first call converts its GGUF to a cached float folder, later calls take seconds);
             ``"tiny-llama"`` / ``"tiny-gemma3"`` for tiny random test models; a local model folder;
             or a Hugging Face hub id (needs the network or the local HF cache); or a PEFT adapter folder
-            (``adapter_config.json``: its base is loaded and the adapter attached, unmerged).
+            (``adapter_config.json``: its base is loaded and the adapter attached, unmerged); or a
+            Hugging Face causal LM already in memory, with its ``tokenizer`` (:func:`bridge_hf_model`;
+            moved to ``device`` and ``dtype``).
         device: ``"cpu"``, ``"cuda"``, ... Defaults to CUDA when available.
         dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"``, ``"auto"`` (:func:`resolve_dtype`)
             or a ``torch.dtype``. bfloat16 halves the memory of a model on a GPU.
         cache: folder for converted/generated models (default: see :func:`cache_dir`).
-        device_map, n_devices: spread a model too big for one GPU over several (``device_map="auto"``
-            or ``n_devices=2``), passed to ``TransformerBridge.boot_transformers`` (accelerate).
+        device_map: spread a model too big for one GPU over several (``device_map="auto"``), passed to
+            ``TransformerBridge.boot_transformers`` (accelerate).
+        n_devices: or split it over this many GPUs (``n_devices=2``).
+        tokenizer: the tokenizer of an in-memory model.
 
     Example::
 
         model = load_model("tiny-llama", device="cpu")
         model = load_model("meta-llama/Llama-3.2-3B-Instruct", dtype="bfloat16")  # from the HF cache
+        model = load_model(AutoModelForCausalLM.from_pretrained(folder), tokenizer=tokenizer)
 
     ``model.cfg.default_prepend_bos`` is False for chat models, whose template already starts with
     its own special token, so ``model.to_tokens`` on a chat-formatted string gives no double BOS.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    if isinstance(name, torch.nn.Module):
+        if tokenizer is None:
+            raise ValueError("An in-memory model needs its tokenizer: load_model(hf_model, tokenizer=tokenizer).")
+        device = str(device) if device is not None else default_device()
+        hf_model = name.to(device=device, dtype=resolve_dtype(dtype, device))
+        return bridge_hf_model(
+            hf_model, tokenizer, name=getattr(hf_model.config, "name_or_path", "") or "in-memory model"
+        )
     if name is not None and is_adapter_folder(Path(str(name)).expanduser()):
         spread = {"device_map": device_map, "n_devices": n_devices}
         bridge = load_model(adapter_base(name), device=device, dtype=dtype, cache=cache, **spread)

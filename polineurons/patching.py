@@ -34,9 +34,9 @@ class PatchConfig:
     """Which neuron sets are patched, and on how much of the eval split."""
 
     max_items: int | None = None
-    """Eval items per topic (default: all)."""
+    """Eval items per topic (None: all)."""
     max_answer_tokens: int | None = None
-    """Score only the first N tokens of each answer (faster; default: all)."""
+    """Score only the first N tokens of each answer (faster; None: all)."""
     random_seeds: int = 3
     """Random control sets: same per-layer counts as the general set, drawn outside it."""
     mean_ablation: bool = True

@@ -93,7 +93,7 @@ class LocalizeConfig:
     general_over: Voters = "all"
     """Topics that vote for the general set: all, or others (every topic but the run's target)."""
     max_items: int | None = None
-    """Train items per topic (default: all)."""
+    """Train items per topic (None: all)."""
     max_answer_tokens: int | None = 48
     """Answer tokens run per answer (None = all)."""
     batch_size: int = 8

@@ -36,14 +36,14 @@ class StanceConfig:
     """How stance is measured on a data set's eval items."""
 
     max_items: int | None = None
-    """Eval items per topic (default: all)."""
+    """Eval items per topic (None: all)."""
     batch_size: int = 16
     """Sequences per forward."""
     max_answer_tokens: int | None = None
-    """Score only the first N tokens of each answer (faster; default: all)."""
+    """Score only the first N tokens of each answer (faster; None: all)."""
     neutral_items: int | None = None
     """Neutral texts (``data/neutral.jsonl``) in the capability check scored beside the stance of
-    every fine-tune (default: all 160)."""
+    every fine-tune (None: all 160)."""
 
     def __post_init__(self) -> None:
         for name in ("max_items", "max_answer_tokens", "neutral_items"):

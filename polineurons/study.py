@@ -13,20 +13,21 @@ A key is a hash of everything a result depends on: the model by identity (its co
 files, not only its name), the data by content, the training settings and seed, the intervention's
 recipe and the scoring settings. Any plan that asks for a trial with the same settings gets the stored
 one (``run``'s vanilla fine-tune is ``mitigate``'s vanilla), and a change of any setting is a new
-trial, never a stale one. A kill loses at most the trial in progress: files appear complete or not at
+trial, never a stale one. A kill loses at most the trials in progress: files appear complete or not at
 all, and the lock dies with its process.
+
+The trials a plan needs are trained by the study's launcher (:mod:`polineurons.launch`): here, one
+after another, or as Ray tasks; either way this process stores each result as it arrives.
 """
 
 from __future__ import annotations
 
 import copy
 import fcntl
-import hashlib
-import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,41 +38,14 @@ from polineurons.adapters import has_adapter, remove_adapter
 from polineurons.errors import RunError
 from polineurons.hooks import Intervention
 from polineurons.io import read_json, write_json
-from polineurons.models import DType, load_model, model_identity, resolve_dtype
+from polineurons.launch import LaunchConfig, RayLauncher
+from polineurons.models import DType, default_device, load_model, model_identity, resolve_dtype
+from polineurons.settings import as_stored, changed_settings, describe_changes, settings_key
 from polineurons.stance import StanceConfig, StanceResult, measure_stance, neutral_logprob, neutral_pairs
-from polineurons.trial import Scores, Trial, TrialSpec, train_and_score
+from polineurons.trial import Scores, Trial, TrialRequest, TrialSpec, train_and_score
 from polineurons.versions import library_versions
 
 LAYOUT = 2  # study.json's layout version; folders of polineurons before study folders have none
-
-
-def settings_key(settings: dict) -> str:
-    """The key of a settings dict: a hash of its canonical JSON."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def as_stored(settings: object) -> object:
-    """``settings`` as JSON gives it back (tuples become lists), so stored and fresh compare equal."""
-    return json.loads(json.dumps(settings))
-
-
-def changed_settings(stored: dict, current: dict, prefix: str = "") -> list[tuple[str, object, object]]:
-    """The dotted keys whose values differ between two nested settings dicts, with both values."""
-    changes = []
-    for key in sorted(set(stored) | set(current)):
-        old, new = stored.get(key), current.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            changes += changed_settings(old, new, f"{prefix}{key}.")
-        elif old != new:
-            changes.append((f"{prefix}{key}", old, new))
-    return changes
-
-
-def describe_changes(changes: list[tuple[str, object, object]], limit: int = 6) -> str:
-    """``key (stored X, now Y), ...`` — the first ``limit`` changes, then how many more."""
-    shown = [f"{key} (stored {old!r}, now {new!r})" for key, old, new in changes[:limit]]
-    more = f" and {len(changes) - limit} more" if len(changes) > limit else ""
-    return ", ".join(shown) + more
 
 
 @contextmanager
@@ -116,6 +90,23 @@ def _check_layout(root: Path) -> None:
         )
 
 
+@dataclass(frozen=True)
+class TrialWorker:
+    """Trains and scores one trial in a launcher's worker process: it opens the study folder without
+    its lock (the process that launched the sweep holds it, and stores what this returns)."""
+
+    root: Path
+    device: str | None
+    dtype: DType
+    threads: int
+
+    def __call__(self, request: TrialRequest) -> tuple[dict, float]:
+        torch.set_num_threads(self.threads)  # CPU sums depend on it: as many as the local launcher uses
+        study = Study(self.root, self.device, progress=False, echo=lambda _: None, dtype=self.dtype)
+        trial, seconds = study.execute(request)
+        return trial.to_dict(), seconds
+
+
 @dataclass
 class Study:
     """An open study folder (see the module docstring). Make one with :meth:`open`, which holds the
@@ -126,9 +117,11 @@ class Study:
     progress: bool = True
     echo: Callable[[str], None] = print
     dtype: DType = "auto"
+    launch: LaunchConfig = LaunchConfig()
     _identities: dict[str, dict] = field(default_factory=dict, repr=False)
     _base_models: dict[str, object] = field(default_factory=dict, repr=False)
     _workbenches: dict[str, object] = field(default_factory=dict, repr=False)
+    _ray: RayLauncher | None = field(default=None, repr=False)
 
     @classmethod
     @contextmanager
@@ -140,9 +133,11 @@ class Study:
         progress: bool = True,
         echo: Callable[[str], None] = print,
         dtype: DType = "auto",
+        launch: LaunchConfig = LaunchConfig(),
     ) -> Iterator[Study]:
         """Create or reopen the folder, lock it, and yield the study (the lock is released on exit, even
-        on an exception). Models are loaded on ``device`` in ``dtype`` (:func:`polineurons.models.resolve_dtype`).
+        on an exception). Models are loaded on ``device`` in ``dtype`` (:func:`polineurons.models.resolve_dtype`);
+        ``launch`` says where trials train (a Ray instance it starts is stopped on exit).
         Raises :class:`RunError` for an unwritable, busy or old-layout folder."""
         root = Path(root)
         try:
@@ -155,7 +150,12 @@ class Study:
             _check_layout(root)
             if not (root / "study.json").is_file():
                 write_json(root / "study.json", {"layout": LAYOUT, "plans": {}, "versions": library_versions()})
-            yield cls(root, device, progress, echo, dtype)
+            study = cls(root, device, progress, echo, dtype, launch)
+            try:
+                yield study
+            finally:
+                if study._ray is not None:
+                    study._ray.close()
 
     # ---- models ------------------------------------------------------------------------------------
 
@@ -314,27 +314,87 @@ class Study:
         *,
         seed: int = 0,
         recipe: dict | None = None,
-        intervention: Callable[[], Intervention | None] | None = None,
+        intervention: Callable[[Study], Intervention | None] | None = None,
         keep_model: bool = False,
     ) -> Trial:
         """The trial of ``spec`` with ``seed`` and the intervention ``recipe`` describes (None: vanilla):
         the stored one when the folder holds it (and its model, with ``keep_model``), else trained,
-        scored and stored. ``intervention`` builds the intervention, only when training is needed
-        (directions and vectors can take a while)."""
-        settings = self.trial_settings(spec, seed, recipe)
-        path = self.trial_path(settings)
-        model_dir = self.model_path(settings) if keep_model else None
-        if path.is_file() and (model_dir is None or (model_dir / "config.json").is_file()):
-            self.echo(f"[{path.stem}] stored")
-            return Trial.from_dict(read_json(path))
+        scored and stored (see :class:`TrialRequest`)."""
+        return self.run_trials([TrialRequest(spec, seed, recipe, intervention, keep_model)])[0]
+
+    def run_trials(self, requests: Sequence[TrialRequest]) -> list[Trial]:
+        """Every requested trial, in order: stored ones read back, the others prepared here, then trained
+        and scored by the launcher (``self.launch``) and stored as each finishes. Locally the first
+        error stops the sweep; on Ray every other trial finishes first
+        (:class:`polineurons.launch.TrialsFailedError`)."""
+        paths = [self._path_of(request) for request in requests]
+        for request, _ in self._missing(requests, paths):
+            if hasattr(request.intervention, "prepare"):
+                request.intervention.prepare(self)  # may itself train a trial (PCA directions' vanilla)
+        todo = self._missing(requests, paths)  # preparing can have trained some
+        training = {path for _, path in todo}
+        for path in dict.fromkeys(paths):
+            if path not in training:
+                self.echo(f"[{path.stem}] stored")
+        if self.launch.launcher == "local":
+            for request, path in todo:
+                self._store(request, path, *self.execute(request))
+        elif todo:
+            self._release_models()  # the workers load their own: free this process's (GPU) memory for them
+
+            def done(request: TrialRequest, result: tuple[dict, float]) -> None:
+                self._store(request, self._path_of(request), Trial.from_dict(result[0]), result[1])
+
+            launcher = self._launcher()
+            worker = TrialWorker(self.root, launcher.device, self.dtype, self.launch.threads(launcher.device))
+            name = lambda request: self._path_of(request).stem  # noqa: E731
+            launcher.run([r for r, _ in todo], worker, done=done, name=name, progress=self.progress)
+        return [Trial.from_dict(read_json(path)) for path in paths]
+
+    def _path_of(self, request: TrialRequest) -> Path:
+        return self.trial_path(self.trial_settings(request.spec, request.seed, request.recipe))
+
+    def _model_dir(self, request: TrialRequest) -> Path | None:
+        settings = self.trial_settings(request.spec, request.seed, request.recipe)
+        return self.model_path(settings) if request.keep_model else None
+
+    def _missing(self, requests: Sequence[TrialRequest], paths: Sequence[Path]) -> list[tuple[TrialRequest, Path]]:
+        """The requests whose trial (or kept model) the folder lacks, once each (keeping the model wins)."""
+        missing: dict[Path, TrialRequest] = {}
+        for request, path in zip(requests, paths, strict=True):
+            model_dir = self._model_dir(request)
+            if path.is_file() and (model_dir is None or (model_dir / "config.json").is_file()):
+                continue
+            if path not in missing or request.keep_model:
+                missing[path] = request
+        return [(request, path) for path, request in missing.items()]
+
+    def execute(self, request: TrialRequest) -> tuple[Trial, float]:
+        """Train and score ``request`` (building its intervention here), storing nothing but its kept
+        model: ``(trial, seconds)``. Launchers call this; plans call :meth:`run_trials`."""
         began = time.perf_counter()
-        built = intervention() if intervention is not None else None
-        with self.trainee(spec) as model:
-            options = {"seed": seed, "intervention": built, "model_dir": model_dir, "progress": self.progress}
-            trial = train_and_score(spec, model, **options)
+        built = request.intervention(self) if request.intervention is not None else None
+        with self.trainee(request.spec) as model:
+            options = {"intervention": built, "model_dir": self._model_dir(request), "progress": self.progress}
+            trial = train_and_score(request.spec, model, seed=request.seed, **options)
+        return trial, time.perf_counter() - began
+
+    def _store(self, request: TrialRequest, path: Path, trial: Trial, seconds: float) -> None:
+        settings = self.trial_settings(request.spec, request.seed, request.recipe)
         write_json(path, {"settings": settings, **trial.to_dict()}, indent=None)
-        self.echo(f"[{path.stem}] trained and scored in {time.perf_counter() - began:.0f} s")
-        return trial
+        where = "" if self.launch.launcher == "local" else f" on {self.launch.launcher}"
+        self.echo(f"[{path.stem}] trained and scored in {seconds:.0f} s{where}")
+
+    def _launcher(self) -> RayLauncher:
+        if self._ray is None:
+            self._ray = RayLauncher(self.launch, self.device or default_device())
+        return self._ray
+
+    def _release_models(self) -> None:
+        self._base_models.clear()
+        self._workbenches.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def forget_trial(self, spec: TrialSpec, *, seed: int = 0, recipe: dict | None = None) -> None:
         """Delete a stored trial (and its kept model), so that the next :meth:`trial` trains it again."""

@@ -8,14 +8,15 @@ study folder's business (:mod:`polineurons.study`).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from polineurons.data.items import StanceDataset
-from polineurons.finetune import FinetuneConfig, finetune, training_pairs
 from polineurons.hooks import Intervention
 from polineurons.models import EMBEDDED_MODEL
 from polineurons.stance import StanceConfig, StanceResult, measure_stance, neutral_logprob, neutral_pairs
+from polineurons.training import FinetuneConfig, finetune, training_pairs
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,21 @@ class TrialSpec:
         """The scoring settings, as stored (JSON-ready): what a trial's and the base's scores depend on."""
         checks = {name: d.identity for name, d in self.checks.items()}
         return {"stance": asdict(self.stance), "checks": checks, "check_stance": asdict(self.check_stance)}
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    """One trial a plan asks the study for: ``spec`` trained with ``seed`` and the intervention that
+    ``recipe`` describes (None: vanilla; the recipe is part of the trial's key), keeping the model with
+    ``keep_model``. ``intervention(study)`` builds it in whichever process trains the trial (given the
+    :class:`~polineurons.study.Study` there); when it has a ``prepare(study)`` method, the launching
+    process calls that first (directions, vectors: computed once, then shipped with it)."""
+
+    spec: TrialSpec
+    seed: int = 0
+    recipe: dict | None = None
+    intervention: Callable[[Any], Intervention | None] | None = None
+    keep_model: bool = False
 
 
 def score_model(model, spec: TrialSpec, *, progress: bool = True) -> Scores:

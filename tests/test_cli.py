@@ -2,13 +2,14 @@
 
 import json
 import math
+import re
 
 import pytest
 
 from polineurons import load_model
 from polineurons.cli import main
 from polineurons.data import load_data
-from polineurons.finetune import FinetuneConfig, finetune, training_pairs
+from polineurons.training import FinetuneConfig, finetune, training_pairs
 
 TOPICS = {"crime_and_gun", "economy_and_inequality", "gender_and_sexuality", "immigration", "race", "science"}
 
@@ -217,3 +218,26 @@ def test_run_command_rejects_bad_input(cli, tmp_path):
     assert code == 2 and "Unknown preset 'huge'" in output
     code, output = cli(["report", tmp_path])
     assert code == 2 and "holds no polineurons run, matrix or mitigation results" in output
+
+
+def _help_entries(cli, command: str, monkeypatch) -> list[str]:
+    """Each option's help of ``polineurons COMMAND --help``, one string per option."""
+    monkeypatch.setenv("COLUMNS", "100")  # one column of options
+    code, output = cli([command, "--help"])
+    assert code == 0, output
+    entries: list[list[str]] = []
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", output).splitlines():
+        text = line.strip("│ ").rstrip()
+        if text.startswith("-"):
+            entries.append([text])
+        elif entries and text and not text.startswith(("╭", "╰", "─")):
+            entries[-1].append(text)
+    return [" ".join(entry) for entry in entries]
+
+
+@pytest.mark.parametrize("command", ["run", "matrix", "mitigate", "stance", "generalization", "localize", "patch"])
+def test_help_shows_each_default_once(cli, command, monkeypatch):
+    entries = _help_entries(cli, command, monkeypatch)
+    assert len(entries) > 5 and any("--device" in e for e in entries)
+    twice = [e for e in entries if len(re.findall(r"\(default|default:", e)) > 1]
+    assert not twice, twice

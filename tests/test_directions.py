@@ -6,7 +6,7 @@ import torch
 from polineurons import load_model
 from polineurons.data import encode_prompt, load_data
 from polineurons.directions import difference_pcs, leaning_directions
-from polineurons.screen import answer_direction
+from polineurons.screening import answer_direction
 
 
 def test_the_leaning_direction_is_a_unit_vector_orthogonal_to_the_targets_own(tiny_llama):

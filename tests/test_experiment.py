@@ -7,7 +7,7 @@ import pytest
 
 from polineurons import experiment, load_model
 from polineurons.artifacts import collect_results, load_run
-from polineurons.config import RunConfig
+from polineurons.config import RunConfig, trial_spec
 from polineurons.data import load_data
 from polineurons.errors import RunError
 from polineurons.experiment import STAGES, downstream, run_pipeline
@@ -168,6 +168,21 @@ def test_bad_input_fails_before_any_work(tiny_env, tmp_path):
     with pytest.raises(RunError, match="Unknown preset"):
         RunConfig.from_preset("fast")
     assert not (tmp_path / "a" / "stages").exists()
+
+
+def test_own_topics_skip_check_sets_without_them_and_set_their_eval_size(tmp_path):
+    rows = [
+        {"topic": topic, "question": f"{topic} question {i}?", "left": f"left {i}", "right": f"right {i}"}
+        for topic in ("taxes", "zoning")
+        for i in range(6)
+    ]
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.warns(UserWarning, match="Check data crosscheck is not scored: it needs the topic 'taxes'"):
+        spec = trial_spec(RunConfig(data=str(data), target="taxes", eval_size=2))
+    assert spec.checks == {} and spec.dataset.counts()["taxes"] == {"train": 4, "eval": 2}
+    with pytest.raises(ValueError, match="eval_size must be >= 1"):
+        RunConfig(eval_size=0)
 
 
 def test_collect_results_of_a_partial_run(finished_run, tmp_path):

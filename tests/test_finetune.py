@@ -5,9 +5,9 @@ import torch
 
 from polineurons import load_model
 from polineurons.data import load_data
-from polineurons.finetune import FinetuneConfig, TrainingDivergedError, finetune, training_pairs
 from polineurons.hooks import FreezeNeurons, ScaleNeurons
 from polineurons.neurons import NeuronSet, neuron_parameters
+from polineurons.training import FinetuneConfig, TrainingDivergedError, finetune, training_pairs
 from tests.helpers import prompt_batch
 
 FAST = dict(epochs=4, learning_rate=3e-3, batch_size=4, max_seq_len=320, warmup_steps=0)

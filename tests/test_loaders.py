@@ -159,6 +159,40 @@ def test_hugging_face_dataset_object_with_column_mapping():
         load_hf(table, columns={"topic": "issue", "left": "dem", "right": "rep"})
 
 
+def _rows(start: int, n: int) -> dict:
+    """``n`` items per topic a and b in our column names, numbered from ``start``."""
+    numbers = range(start, start + n)
+    return {
+        "topic": ["a"] * n + ["b"] * n,
+        "question": [f"Q{t}{i}?" for t in "ab" for i in numbers],
+        "left": [f"L{t}{i}" for t in "ab" for i in numbers],
+        "right": [f"R{t}{i}" for t in "ab" for i in numbers],
+    }
+
+
+def test_load_data_takes_a_dataset_and_a_dataset_dict():
+    import datasets
+
+    table = datasets.Dataset.from_dict(_rows(0, 4))
+    assert load_data(table, eval_size=1).counts() == {"a": {"train": 3, "eval": 1}, "b": {"train": 3, "eval": 1}}
+    assert load_data(table, eval_size=1) == load_hf(table, eval_size=1)
+    # train + test: the test split is the eval split, whatever eval_size says
+    both = datasets.DatasetDict({"train": table, "test": datasets.Dataset.from_dict(_rows(10, 2))})
+    data = load_data(both)
+    assert data.counts() == {"a": {"train": 4, "eval": 2}, "b": {"train": 4, "eval": 2}}
+    assert {i.question for i in data.items if i.split == "eval"} == {"Qa10?", "Qa11?", "Qb10?", "Qb11?"}
+    # one chosen split: our seeded split is drawn from it
+    chosen = load_data(both, split="train", eval_size=1)
+    assert chosen.counts() == {"a": {"train": 3, "eval": 1}, "b": {"train": 3, "eval": 1}}
+    assert load_data(datasets.DatasetDict({"only": table}), eval_size=1) == load_data(table, eval_size=1)
+    with pytest.raises(DataError, match="no split 'dev'; its splits are train, test"):
+        load_data(both, split="dev")
+    with pytest.raises(DataError, match="splits x, y: choose one with split="):
+        load_data(datasets.DatasetDict({"x": table, "y": table}))
+    with pytest.raises(DataError, match="this is one Dataset"):
+        load_data(table, split="train")
+
+
 def test_hub_dataset_name_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
     with pytest.raises(DataError, match="hf:polineurons-test/nothing: cannot load the dataset"):

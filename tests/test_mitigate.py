@@ -3,6 +3,7 @@ control has the promised shape, nothing stays on the trained model, the registry
 methods, and the comparison resumes and grows in its study folder."""
 
 import contextlib
+import functools
 import json
 from dataclasses import replace
 
@@ -14,7 +15,6 @@ from polineurons import load_model
 from polineurons.data import encode_prompt, encode_text, load_data
 from polineurons.directions import random_like, random_subspace, random_vector
 from polineurons.errors import RunError, UserError
-from polineurons.finetune import FinetuneConfig, finetune, training_pairs
 from polineurons.frontier import compare_runs
 from polineurons.hooks import AblateDirections, SteerResidual, StopGradNeurons, record_residual
 from polineurons.methods import METHODS, Ingredients, method
@@ -24,6 +24,7 @@ from polineurons.pnlac import Localization
 from polineurons.regularizers import KLToBase
 from polineurons.stance import ItemScore, StanceConfig, StanceResult, neutral_logprob, neutral_pairs, summarize
 from polineurons.study import Study
+from polineurons.training import FinetuneConfig, finetune, training_pairs
 from polineurons.trial import TrialSpec
 from tests.helpers import prompt_batch
 
@@ -52,7 +53,9 @@ class Builder:
     def __init__(self, tiny_cache, located):
         spec = TrialSpec(load_data(), "race", "right", FAST, StanceConfig(max_items=1), model="tiny-llama")
         config = MitigateConfig(layers=(1,), steer_layer=1, items=2)
-        base = lambda: load_model("tiny-llama", device="cpu", cache=tiny_cache)  # noqa: E731
+        base = functools.cache(
+            lambda: load_model("tiny-llama", device="cpu", cache=tiny_cache)
+        )  # loaded once, as a study does
         self.ingredients = Ingredients(config, spec, base, located=located)
 
     def build(self, arm: Arm):
@@ -217,7 +220,9 @@ def test_stopgrad_keeps_the_forward_and_blocks_the_gradient_to_the_neurons_input
 def test_steering_points_the_trained_way_at_the_middle_layer_and_kl_texts_leave_out_the_target(tiny_cache):
     def ingredients(leaning):
         spec = TrialSpec(load_data(), "race", leaning, FAST, StanceConfig(max_items=1), model="tiny-llama")
-        base = lambda: load_model("tiny-llama", device="cpu", cache=tiny_cache)  # noqa: E731
+        base = functools.cache(
+            lambda: load_model("tiny-llama", device="cpu", cache=tiny_cache)
+        )  # loaded once, as a study does
         return Ingredients(MitigateConfig(items=2), spec, base)
 
     right, left = ingredients("right"), ingredients("left")

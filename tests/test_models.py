@@ -60,6 +60,20 @@ def test_local_folder_loads_with_same_weights(tiny_llama, tiny_cache):
         assert torch.equal(p, q)
 
 
+def test_an_in_memory_hugging_face_model_loads_like_its_folder(tiny_llama, tiny_cache):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = models_module.ensure_tiny_cached("tiny-llama", tiny_cache)
+    hf = AutoModelForCausalLM.from_pretrained(folder)
+    model = load_model(hf, tokenizer=AutoTokenizer.from_pretrained(folder), device="cpu")
+    tokens = torch.tensor([[1, 5, 9, 14, 3]])
+    with torch.no_grad():
+        assert torch.equal(model(tokens), tiny_llama(tokens))
+    assert model.cfg.default_prepend_bos == tiny_llama.cfg.default_prepend_bos
+    with pytest.raises(ValueError, match="needs its tokenizer"):
+        load_model(hf)
+
+
 def test_unknown_name_suggests_known_one():
     with pytest.raises(ModelNotFoundError, match="Did you mean 'smollm2-135m-instruct'"):
         load_model("smollm2-135m-instruc")

@@ -47,3 +47,13 @@ def test_neuron_explorer_runs_on_a_run_folder(smoke_run, tiny_cache, monkeypatch
         o for c in book.cells for o in c.get("outputs", []) if "application/vnd.plotly.v1+json" in o.get("data", {})
     ]
     assert len(plots) == 3
+
+
+def test_quickstart_is_committed_with_the_embedded_models_outputs():
+    """A reader sees what the notebook prints without running it (outputs of the embedded model)."""
+    book = nbformat.read(NOTEBOOKS / "01_quickstart.ipynb", as_version=4)
+    code = [c for c in book.cells if c.cell_type == "code"][1:]  # all but the parameters cell
+    assert all(c.outputs for c in code)
+    printed = _text(book)
+    assert "smollm2-135m-instruct: 30 layers x 1536 MLP neurons" in printed
+    assert "hooks removed; stance back to the original" in printed

@@ -12,7 +12,6 @@ from polineurons import load_model
 from polineurons.adapters import adapter_disabled, has_adapter, merge_adapter, remove_adapter
 from polineurons.cli import COMMANDS, main
 from polineurons.data import load_data
-from polineurons.finetune import FinetuneConfig, finetune, training_pairs
 from polineurons.hooks import FreezeNeurons, StopGradNeurons
 from polineurons.methods import METHODS, Ingredients
 from polineurons.mitigate import Arm, MitigateConfig, run_mitigation
@@ -20,6 +19,7 @@ from polineurons.models import resolve_dtype
 from polineurons.neurons import NeuronSet, neuron_parameters
 from polineurons.stance import StanceConfig, measure_stance
 from polineurons.study import Study
+from polineurons.training import FinetuneConfig, finetune, training_pairs
 from polineurons.trial import TrialSpec
 from tests.helpers import prompt_batch
 

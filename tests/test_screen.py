@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from polineurons.data import load_data
-from polineurons.screen import ScreenConfig, answer_direction, default_layers, lexical_transfer, screen, stance_axes
+from polineurons.screening import ScreenConfig, answer_direction, default_layers, lexical_transfer, screen, stance_axes
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_precomputed_axes_give_the_same_screen(tiny_llama):
 
 def test_lexical_transfer_does_not_depend_on_the_hash_seed():
     code = (
-        "from polineurons.data import load_data; from polineurons.screen import lexical_transfer;"
+        "from polineurons.data import load_data; from polineurons.screening import lexical_transfer;"
         "d = load_data('voices');"
         "print(repr(lexical_transfer(d.select(topics=['gender_and_sexuality'], split='train').items,"
         " d.select(topics=['race'], split='eval').items)))"

@@ -80,3 +80,18 @@ def test_ruff_is_clean(command):
         [ruff, *command, "polineurons", "tests", "benchmarks", "figures"], cwd=ROOT, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+
+
+def test_the_public_api_imports_from_the_package_lazily_and_is_documented():
+    code = (
+        "import sys, polineurons\n"
+        "assert 'torch' not in sys.modules, 'import polineurons loads torch'\n"
+        "from polineurons import measure_stance, finetune, localize, patch_experiment, run_mitigation\n"
+        "from polineurons import run_pipeline, load_run, RunConfig, NeuronSet\n"
+        "missing = [n for n in polineurons.__all__ if not (getattr(polineurons, n).__doc__ or '').strip()]\n"
+        "assert not missing, missing\n"
+        "assert set(polineurons.__all__) <= set(dir(polineurons))\n"
+        "try:\n    polineurons.no_such_name\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit(1)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -223,7 +223,7 @@ def test_a_run_killed_mid_fine_tune_resumes_to_the_same_numbers(tiny_cache, tiny
 def test_reading_a_run_folder_imports_no_training_code():
     code = (
         "import sys, polineurons.artifacts, polineurons.viz, polineurons.report\n"
-        "loaded = [m for m in ('polineurons.finetune', 'polineurons.trial', 'polineurons.mitigate',"
+        "loaded = [m for m in ('polineurons.training', 'polineurons.trial', 'polineurons.mitigate',"
         " 'polineurons.study', 'polineurons.config') if m in sys.modules]\n"
         "assert not loaded, loaded"
     )

@@ -46,27 +46,35 @@ def bundled_data_dir() -> Path:
 
 
 def load_data(
-    spec: str | os.PathLike = DEFAULT_DATASET,
+    spec: str | os.PathLike | Any = DEFAULT_DATASET,
     *,
     eval_size: int = 20,
     seed: int = 0,
     skip_bad_lines: bool = False,
     columns: Mapping[str, str] | None = None,
+    split: str | None = None,
 ) -> StanceDataset:
     """Load stance data from ``spec``.
 
     Args:
         spec: a bundled data set — ``"voices"`` (default; ``"bundled"`` is the same), ``"arguments"``,
             or the check sets ``"crosscheck"`` and ``"briefs"`` (see ``DATASETS``) — a ``.jsonl`` file or
-            folder in our schema, an
-            IDEOINST-style folder (``{topic}_left.jsonl`` / ``{topic}_right.jsonl``), or
-            ``"hf:NAME"`` for a Hugging Face dataset (see :func:`load_hf`).
+            folder in our schema, an IDEOINST-style folder (``{topic}_left.jsonl`` /
+            ``{topic}_right.jsonl``), ``"hf:NAME"`` for a Hugging Face dataset, or a ``datasets.Dataset``
+            or ``DatasetDict`` object (see :func:`load_hf`).
         eval_size: items per topic held out for evaluation, for sources without a fixed split
             (seeded, so evaluation never sees training items).
         seed: seed of that split.
         skip_bad_lines: skip malformed lines instead of raising; the count is reported.
-        columns: column mapping for ``hf:`` sources.
+        columns: column mapping for Hugging Face sources.
+        split: which split of a Hugging Face DatasetDict to read (default: see :func:`load_hf`).
+
+    Examples:
+        >>> load_data("voices").topics[:2]
+        ['crime_and_gun', 'economy_and_inequality']
     """
+    if not isinstance(spec, str | os.PathLike):
+        return load_hf(spec, columns=columns, split=split, eval_size=eval_size, seed=seed)
     text = DEFAULT_DATASET if str(spec) == BUNDLED else str(spec)
     if text in DATASETS:
         root = bundled_data_dir()
@@ -81,7 +89,7 @@ def load_data(
         dataset = load_jsonl(root / text, eval_size=eval_size, seed=seed, skip_bad_lines=skip_bad_lines, source=text)
         return replace(dataset, statements=_load_statements(root, skip_bad_lines, [0]))
     if text.startswith("hf:"):
-        return load_hf(text[3:], columns=columns, eval_size=eval_size, seed=seed)
+        return load_hf(text[3:], columns=columns, split=split, eval_size=eval_size, seed=seed)
     path = Path(text).expanduser()
     if not path.exists():
         raise DataError(
@@ -330,36 +338,77 @@ def _ideoinst_rows(file: Path) -> list[tuple[int, dict]]:
 DEFAULT_COLUMNS = {"topic": "topic", "question": "question", "left": "left", "right": "right"}
 
 
+HELD_OUT_SPLITS = ("eval", "validation", "test")  # a DatasetDict's split that becomes our eval split
+
+
+def _hf_parts(dataset: Any, split: str | None, name: str) -> list[tuple[Any, str | None]]:
+    """The ``datasets.Dataset`` parts to read, each with the split its items get (None: ours, seeded):
+    a Dataset whole; a DatasetDict's ``split``; else its train split as train and its eval, validation
+    or test split as eval; else its only split."""
+    import datasets
+
+    if not isinstance(dataset, datasets.DatasetDict):
+        if split is not None:
+            raise DataError(f"{name}: split={split!r} chooses a split of a DatasetDict; this is one Dataset.")
+        return [(dataset, None)]
+    splits = list(dataset)
+    if split is not None:
+        if split not in dataset:
+            raise DataError(f"{name}: no split {split!r}; its splits are {', '.join(splits)}.")
+        return [(dataset[split], None)]
+    held_out = [s for s in HELD_OUT_SPLITS if s in dataset]
+    if "train" in dataset and held_out:
+        return [(dataset["train"], "train"), (dataset[held_out[0]], "eval")]
+    if len(splits) == 1:
+        return [(dataset[splits[0]], None)]
+    raise DataError(f"{name}: a DatasetDict with splits {', '.join(splits)}: choose one with split=.")
+
+
 def load_hf(
     dataset: Any,
     *,
     columns: Mapping[str, str] | None = None,
-    split: str = "train",
+    split: str | None = None,
     eval_size: int = 20,
     seed: int = 0,
 ) -> StanceDataset:
-    """Stance items from a Hugging Face ``datasets`` object or a dataset name (needs the network or
-    the HF cache). ``columns`` maps our fields (``topic``, ``question``, ``left``, ``right``, and
-    optionally ``split``) to the dataset's column names."""
+    """Stance items from a Hugging Face ``datasets.Dataset`` or ``DatasetDict``, or a dataset name (needs
+    the network or the HF cache). ``columns`` maps our fields (``topic``, ``question``, ``left``,
+    ``right``, and optionally ``split``) to the dataset's column names. Of a DatasetDict (a name loads
+    one): ``split`` if given (our train/eval split is then drawn from it); else its ``train`` split for
+    training and its ``eval``, ``validation`` or ``test`` split for evaluation; else its only split.
+
+    Examples:
+        >>> rows = [{"issue": "tax", "prompt": "Raise taxes?", "dem": "Yes.", "rep": "No."}]
+        >>> columns = {"topic": "issue", "question": "prompt", "left": "dem", "right": "rep"}
+        >>> load_hf(datasets.Dataset.from_list(rows * 3), columns=columns, eval_size=1).counts()
+        {'tax': {'train': 2, 'eval': 1}}
+    """
     mapping = {**DEFAULT_COLUMNS, **(columns or {})}
-    name = dataset if isinstance(dataset, str) else "dataset"
+    name = f"hf:{dataset}" if isinstance(dataset, str) else _hf_name(dataset)
     if isinstance(dataset, str):
         import datasets
 
         try:
-            dataset = datasets.load_dataset(dataset, split=split)
+            dataset = datasets.load_dataset(dataset)
         except Exception as error:  # datasets raises many types for "not available"
-            raise DataError(f"hf:{name}: cannot load the dataset ({error}).") from error
-    missing = [column for key, column in mapping.items() if key != "split" and column not in dataset.column_names]
-    if missing:
-        raise DataError(f"hf:{name}: missing column(s) {missing}; columns are {dataset.column_names}.")
-    items = [
-        _item_from_record(
-            {key: row[column] for key, column in mapping.items() if column in row},
-            f"hf:{name} row {number}",
-            f"{number:05d}",
-        )
-        for number, row in enumerate(dataset, start=1)
-    ]
-    items = _fill_splits(items, f"hf:{name}", eval_size, seed)
-    return StanceDataset(tuple(items), (), source=f"hf:{name}")
+            raise DataError(f"{name}: cannot load the dataset ({error}).") from error
+    items = []
+    for part, fixed in _hf_parts(dataset, split, name):
+        missing = [column for key, column in mapping.items() if key != "split" and column not in part.column_names]
+        if missing:
+            raise DataError(f"{name}: missing column(s) {missing}; columns are {part.column_names}.")
+        for row in part:
+            number = len(items) + 1
+            record = {key: row[column] for key, column in mapping.items() if column in row}
+            record = {**record, "split": fixed} if fixed else record
+            items.append(_item_from_record(record, f"{name} row {number}", f"{number:05d}"))
+    items = _fill_splits(items, name, eval_size, seed)
+    return StanceDataset(tuple(items), (), source=name)
+
+
+def _hf_name(dataset: Any) -> str:
+    """A ``datasets`` object's name as a data source: ``hf:`` and its builder's name, when it has one."""
+    parts = dataset.values() if hasattr(dataset, "values") else [dataset]
+    info = getattr(next(iter(parts), None), "info", None)
+    return f"hf:{getattr(info, 'dataset_name', None) or 'dataset'}"

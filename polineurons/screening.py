@@ -42,9 +42,9 @@ class ScreenConfig:
     """What the screen reads."""
 
     layers: tuple[int, ...] | None = None
-    """Residual stream after these layers (default: four evenly spaced, 6/12/18/24 of 30)."""
+    """Residual stream after these layers (None: four evenly spaced, 6/12/18/24 of 30)."""
     max_train_items: int | None = 64
-    """Training items of the target topic (default 64; None = all)."""
+    """Training items of the target topic (None: all)."""
     max_eval_items: int | None = 24
     """Eval items per topic (None = all)."""
     max_answer_tokens: int | None = 48

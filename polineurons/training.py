@@ -63,7 +63,7 @@ class FinetuneConfig:
     train: TrainMode = "full"
     """Which parameters train: full, mlp (MLP weights only) or lora (an adapter; needs peft)."""
     max_steps: int | None = None
-    """Stop after this many optimizer steps (default: all epochs)."""
+    """Stop after this many optimizer steps (None: all epochs)."""
     lora_r: int = 16
     """LoRA rank."""
     lora_alpha: int = 32

@@ -1,0 +1,82 @@
+"""The options the `polineurons` commands share, and the mixins that carry them (:mod:`polineurons.cli`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from polineurons.data import load_data
+from polineurons.io import write_json
+from polineurons.launch import LaunchConfig
+from polineurons.models import EMBEDDED_MODEL, DType, load_model
+from polineurons.stance import StanceConfig
+
+Flat = tyro.conf.arg(name="")  # a nested config's options without a prefix: --top-k, not --config.top-k
+Model = Annotated[str, tyro.conf.arg(aliases=("-m",), help="embedded, tiny-llama, tiny-gemma3, a folder, a hub id.")]
+Base = Annotated[str, tyro.conf.arg(name="model", aliases=("-m", "--base"), help="The model before fine-tuning.")]
+Device = Annotated[str | None, tyro.conf.arg(help="cpu, cuda, ... (None: cuda if available).")]
+Dtype = Annotated[DType, tyro.conf.arg(help="Weights' dtype; auto: bfloat16 on a GPU, float32 on a CPU.")]
+Data = Annotated[str, tyro.conf.arg(help="voices, arguments, crosscheck, briefs, a JSONL file or folder, hf:NAME.")]
+Target = Annotated[str, tyro.conf.arg(aliases=("--topic",), help="The fine-tuning topic.")]
+JsonOut = Annotated[Path | None, tyro.conf.arg(help="Write the results as JSON here.")]
+Leaning = Literal["left", "right"]
+
+
+def write_report(out: Path | None, report: dict) -> None:
+    """Write a command's results as JSON to ``out`` (if given) and say where."""
+    if out is not None:
+        write_json(out, report)
+        print(f"wrote {out}")
+
+
+@dataclass(kw_only=True)
+class Loads:
+    """Commands that load models: where and in which dtype."""
+
+    device: Device = None
+    dtype: Dtype = "auto"
+
+    def load(self, model: str | Path | None):
+        return load_model(model, device=self.device, dtype=self.dtype) if model else None
+
+
+@dataclass(kw_only=True)
+class OnData(Loads):
+    """Commands that read a data set."""
+
+    data: Data = "voices"
+    eval_size: int = 20  # Items per topic held out for evaluation, in data without a fixed split.
+
+    def dataset(self, target: str | None = None):
+        dataset = load_data(self.data, eval_size=self.eval_size)
+        dataset.select(topics=[target] if target else None)  # an unknown target fails here, before any work
+        return dataset
+
+
+@dataclass(kw_only=True)
+class OnPair(OnData):
+    """Commands that compare a fine-tuned model with its base."""
+
+    finetuned: Path
+    base: Base = EMBEDDED_MODEL
+
+    def models(self):
+        return self.load(self.base), self.load(self.finetuned)
+
+
+@dataclass(kw_only=True)
+class Sweeps:
+    """Commands that train many trials: the device, and the launcher that spreads them."""
+
+    device: Device = None
+    launch: Annotated[LaunchConfig, Flat] = LaunchConfig()
+
+
+@dataclass(frozen=True)
+class Scoring(StanceConfig):
+    """How stance is measured (the commands that score no neutral text: no ``--neutral-items``)."""
+
+    neutral_items: tyro.conf.Suppress[int | None] = None
