@@ -94,7 +94,13 @@ class RunArtifacts:
 
 
 def load_run(out_dir: str | Path) -> RunArtifacts:
-    """Read a run folder (finished stages only)."""
+    """Read a run folder (finished stages only).
+
+    Example::
+
+        run = load_run("runs/quick")
+        print(run.generalization.table())
+    """
     layout = RunLayout(Path(out_dir))
     if not layout.config.is_file():
         raise RunError(f"{layout.root} is not a polineurons run folder (config.json missing).")

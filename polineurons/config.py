@@ -184,7 +184,12 @@ def load_inputs(config: RunConfig) -> tuple[StanceDataset, dict[str, StanceDatas
 def trial_spec(config: RunConfig) -> TrialSpec:
     """What ``config``'s trials train and how they are scored, from validated inputs: an unknown data
     set or model, or a target topic missing from the data, fails here. A check data set without the
-    target topic and another is skipped, with a warning (a user's own topics are rarely in ours)."""
+    target topic and another is skipped, with a warning (a user's own topics are rarely in ours).
+
+    Example::
+
+        spec = trial_spec(RunConfig.from_preset("quick", target="race"))
+    """
     dataset, checks = load_inputs(config)
     if config.target not in dataset.topics:
         raise RunError(

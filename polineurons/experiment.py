@@ -338,7 +338,13 @@ def run_pipeline(
     launch: LaunchConfig = LaunchConfig(),
 ) -> dict:
     """Run (or resume) every stage into the study folder ``out_dir`` (locked while it runs); returns
-    ``results.json``'s content. ``launch``: where the trials (seeds, mitigations) train."""
+    ``results.json``'s content. ``launch``: where the trials (seeds, mitigations) train.
+
+    Example::
+
+        results = run_pipeline(RunConfig.from_preset("quick", target="race"), "runs/race")
+        run = load_run("runs/race")
+    """
     spec = trial_spec(config)
     options = {"device": device, "progress": progress, "echo": echo, "dtype": config.dtype, "launch": launch}
     with Study.open(out_dir, **options) as study:

@@ -125,6 +125,11 @@ def measure_generalization(
     """Score both models on every topic's eval items; returns the shifts and both stance results.
 
     Pass ``base_result`` to reuse an earlier scoring of the base model on the same items.
+
+    Example::
+
+        result, before, after = measure_generalization(base, tuned, load_data(), "immigration", leaning="right")
+        print(result.table())  # shift per topic, target shift, CTG, CTG ratio
     """
     before = base_result or measure_stance(base_model, dataset, config, progress=progress, seed=seed)
     after = measure_stance(finetuned_model, dataset, config, progress=progress, seed=seed)

@@ -63,6 +63,12 @@ def record_neurons(
 
     Yields a dict ``layer -> [batch, pos, neurons]`` that each forward overwrites, so memory stays
     at one batch's worth however many batches are run (streaming).
+
+    Example::
+
+        with torch.no_grad(), record_neurons(model, [0, 29]) as acts:
+            model(tokens)
+        acts[29].shape  # [batch, tokens, d_mlp]
     """
     selection = _layers_and_indices(model, neurons)
     recorded: dict[int, Tensor] = {}
@@ -122,6 +128,11 @@ def scale_neurons(model, neurons: NeuronSet, scale: float) -> Iterator[None]:
 
     ``scale=0`` zeroes them (InhibitFT's default); gradients flow through the hook, so it can be used
     while training: a neuron scaled by 0 passes no gradient to its input or output weights.
+
+    Example::
+
+        with torch.no_grad(), scale_neurons(model, neurons, 0.0):  # zeroed inside the block only
+            inhibited = model(tokens)
     """
     if not (math.isfinite(float(scale)) and float(scale) >= 0.0):
         raise ValueError(f"scale must be a finite number >= 0, got {scale}.")

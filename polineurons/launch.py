@@ -73,6 +73,11 @@ class TrialsFailedError(RunError):
         )
 
 
+def require_ray() -> None:
+    """Fail at once, saying how to install it, when Ray is missing (before a sweep does any work)."""
+    _import_ray()
+
+
 def _import_ray():
     try:
         import ray
@@ -87,7 +92,7 @@ def _run_unit(work: Callable[[Any], Any], unit: Any) -> Any:
     return work(unit)  # Ray makes tasks of functions, not of callable objects
 
 
-def _first_line(error: BaseException) -> str:
+def _one_line(error: BaseException) -> str:
     cause = getattr(error, "cause", None) or error  # a RayTaskError carries the worker's exception
     text = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {text[-1] if text else ''}"
@@ -102,7 +107,7 @@ class RayLauncher:
         if device.startswith("cuda:"):
             raise RunError("With --launcher ray, Ray assigns each trial its GPU: use --device cuda, not a GPU index.")
         self.config, self.device, self._started = config, device, False
-        _import_ray()  # fail before any work when Ray is missing
+        require_ray()  # fail before any work when Ray is missing
 
     def _connect(self):
         ray = _import_ray()
@@ -140,7 +145,7 @@ class RayLauncher:
                     try:
                         result = ray.get(finished[0])
                     except Exception as error:  # the worker's error: reported once every unit is done
-                        failures.append(Failure(name(unit), _first_line(error)))
+                        failures.append(Failure(name(unit), _one_line(error)))
                     else:
                         with tqdm.external_write_mode():  # what `done` prints goes above the bar
                             done(unit, result)

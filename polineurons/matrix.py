@@ -50,7 +50,13 @@ def _guarded(study: Study, spec: TrialSpec) -> dict:
 
 def run_matrix(study: Study, config: RunConfig, matrix: MatrixConfig) -> dict:
     """The requested cells into ``study`` (resumable), then ``matrix.json`` over every cell the folder
-    holds (returned)."""
+    holds (returned).
+
+    Example::
+
+        with Study.open("runs/matrix") as study:
+            matrix = run_matrix(study, RunConfig(), MatrixConfig(targets=("race", "science")))
+    """
     dataset, checks = load_inputs(config)
     targets = list(matrix.targets) or dataset.topics
     unknown = [t for t in targets if t not in dataset.topics]

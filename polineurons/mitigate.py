@@ -127,7 +127,14 @@ def run_mitigation(
     ``mitigation.json`` over every mitigation trial the folder holds (returned). ``located`` gives the
     general neurons of the neuron methods; PCA directions come from the vanilla fine-tune of
     ``spec.finetune.seed``. ``replace_settings``: this call's settings replace the folder's (a plan that
-    recomputes its mitigations), instead of being refused when they differ."""
+    recomputes its mitigations), instead of being refused when they differ.
+
+    Example::
+
+        with Study.open("runs/frontier") as study:
+            spec, config = trial_spec(RunConfig()), MitigateConfig(methods=("caft", "steer"))
+            result = run_mitigation(study, spec, config, seeds=(0, 1, 2))
+    """
     if not seeds:
         raise ValueError("run_mitigation needs at least one seed.")
     if located is None and any(method(m).neurons for m in config.methods):

@@ -234,7 +234,13 @@ def patch_experiment(
     """Patch every set of :func:`patch_sets` on the eval split (and mean-ablate each but ``all``).
     Returns ``{"target", "set_sizes", "control_overlap", "recovery"}`` (recovery as
     :func:`recovery_to_dict`; ``control_overlap``: each control's neurons in the general set, 0 by
-    construction), plus ``"attribution_check"`` when ``config.attribution_sample`` asks for one."""
+    construction), plus ``"attribution_check"`` when ``config.attribution_sample`` asks for one.
+
+    Example::
+
+        table = patch_experiment(base, tuned, load_data(), located, PatchConfig(max_items=8), target="immigration")
+        print(recovery_text(table))
+    """
     try:
         sets, control_error = patch_sets(located, base, config, target=target), None
     except ControlDrawError as error:  # e.g. a general set that fills most of a layer: say so, patch the rest

@@ -247,6 +247,11 @@ def localize(
     ``finetuned`` is the model fine-tuned to ``leaning`` (not needed by ``contrast="answers"``);
     ``opposite`` the one fine-tuned to the other leaning (``contrast="leaning"`` only); ``target``
     the fine-tune's topic (needed by ``general_over="others"``).
+
+    Example::
+
+        located = localize(base, dataset=load_data(), target="immigration")  # the default contrast: base only
+        located.save("runs/neurons")
     """
     if dataset is None:
         raise LocalizeError("localize needs a StanceDataset.")

@@ -413,7 +413,12 @@ def write_report(run: RunArtifacts, path: str | Path) -> Path:
 
 def write_pages(root: str | Path) -> list[Path]:
     """Rebuild every page a study folder's results allow — ``report.html`` (and ``results.json``) for a
-    run, ``matrix.html``, ``mitigation.html`` — from its files alone; returns the pages written."""
+    run, ``matrix.html``, ``mitigation.html`` — from its files alone; returns the pages written.
+
+    Example::
+
+        pages = write_pages("runs/quick")  # [runs/quick/report.html, ...]
+    """
     root = Path(root)
     pages = []
     if (root / "config.json").is_file():

@@ -226,7 +226,12 @@ def screen(
 ) -> ScreenResult:
     """Screen ``train_data``'s target-topic training answers against every topic's eval answers of
     ``eval_data`` (default: the same data set). ``axes`` (from ``stance_axes`` with the same model and
-    config) skips recomputing the eval side when screening several targets or training sets."""
+    config) skips recomputing the eval side when screening several targets or training sets.
+
+    Example::
+
+        print(screen(model, load_data(), "immigration").table())  # predicted spill-over per topic
+    """
     if axes is not None and eval_data is not None and axes.source != eval_data.source:
         raise ValueError(f"axes were computed on {axes.source}, not on eval_data {eval_data.source}.")
     layers = _layers(model, config)

@@ -256,7 +256,13 @@ def measure_stance(
     progress: bool = True,
     seed: int = 0,
 ) -> StanceResult:
-    """Score every stance item of ``dataset`` (default: its eval split) and summarize per topic."""
+    """Score every stance item of ``dataset`` (default: its eval split) and summarize per topic.
+
+    Example::
+
+        result = measure_stance(model, load_data("voices"), StanceConfig(max_items=8), topics=["race"])
+        print(result.topics["race"].score)  # > 0 leans right
+    """
     selected = dataset.select(topics=topics, split=split, max_items=config.max_items)
     if not selected.items:
         raise ValueError(f"No stance items to score in {dataset.source} (split={split}, topics={topics}).")

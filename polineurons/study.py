@@ -38,7 +38,7 @@ from polineurons.adapters import has_adapter, remove_adapter
 from polineurons.errors import RunError
 from polineurons.hooks import Intervention
 from polineurons.io import read_json, write_json
-from polineurons.launch import LaunchConfig, RayLauncher
+from polineurons.launch import LaunchConfig, RayLauncher, require_ray
 from polineurons.models import DType, default_device, load_model, model_identity, resolve_dtype
 from polineurons.settings import as_stored, changed_settings, describe_changes, settings_key
 from polineurons.stance import StanceConfig, StanceResult, measure_stance, neutral_logprob, neutral_pairs
@@ -146,6 +146,8 @@ class Study:
             raise RunError(f"Cannot write to the folder {root}: {error}") from error
         if not os.access(root, os.W_OK):
             raise RunError(f"Cannot write to the folder {root}: permission denied.")
+        if launch.launcher == "ray":
+            require_ray()
         with folder_lock(root):
             _check_layout(root)
             if not (root / "study.json").is_file():

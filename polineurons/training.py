@@ -134,7 +134,12 @@ class FinetuneResult:
 
 
 def training_pairs(dataset: StanceDataset, topic: str, leaning: str, split: str = "train") -> list[tuple[str, str]]:
-    """``(question, answer)`` pairs of one topic and leaning (default: the train split only)."""
+    """``(question, answer)`` pairs of one topic and leaning (default: the train split only).
+
+    Example::
+
+        pairs = training_pairs(load_data(), "immigration", "right")  # [(question, right-leaning answer), ...]
+    """
     check_leaning(leaning)
     items: Sequence[StanceItem] = dataset.select(topics=[topic], split=split).items
     if not items:

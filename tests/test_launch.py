@@ -145,7 +145,7 @@ def test_small_mitigation_on_ray_equals_local(ray_instance, tiny_env, tmp_path):
     assert remote["frontier"] == local["frontier"]
 
 
-def test_launch_config_resources_and_refusals(monkeypatch):
+def test_launch_config_resources_and_refusals(tmp_path, monkeypatch):
     assert LaunchConfig(cpus_per_trial=1).resources("cpu") == {"num_cpus": 1, "num_gpus": 0.0}
     assert LaunchConfig().resources("cpu") == {"num_cpus": torch.get_num_threads(), "num_gpus": 0.0}
     assert LaunchConfig().resources("cuda") == {"num_cpus": 1, "num_gpus": 1.0}
@@ -158,6 +158,8 @@ def test_launch_config_resources_and_refusals(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(MissingDependencyError, match=r"polineurons\[ray\]"):
         RayLauncher(RAY, "cpu")
+    with pytest.raises(MissingDependencyError, match=r"pip install"), Study.open(tmp_path, launch=RAY):
+        pass  # refused on opening the folder, before any work
 
 
 def test_local_launcher_never_starts_ray(tiny_env, tmp_path, monkeypatch):

@@ -90,6 +90,10 @@ def test_the_public_api_imports_from_the_package_lazily_and_is_documented():
         "from polineurons import run_pipeline, load_run, RunConfig, NeuronSet\n"
         "missing = [n for n in polineurons.__all__ if not (getattr(polineurons, n).__doc__ or '').strip()]\n"
         "assert not missing, missing\n"
+        "import inspect\n"
+        "verbs = [n for n in polineurons.__all__ if inspect.isfunction(getattr(polineurons, n))]\n"
+        "bare = [n for n in verbs if not any(s in getattr(polineurons, n).__doc__ for s in ('Example', '>>>'))]\n"
+        "assert not bare, f'no call shown: {bare}'\n"
         "assert set(polineurons.__all__) <= set(dir(polineurons))\n"
         "try:\n    polineurons.no_such_name\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit(1)\n"
     )
