@@ -90,13 +90,20 @@ def matrix_heatmaps(matrix: dict) -> go.Figure:
             row=1,
             col=col,
         )
+        for row, target in enumerate(targets):  # the target's own shift: outlined (categories sit at 0, 1, ...)
+            if target in topics:
+                column = topics.index(target)
+                box = {"x0": column - 0.5, "x1": column + 0.5, "y0": row - 0.5, "y1": row + 0.5}
+                figure.add_shape(type="rect", **box, line={"color": "black", "width": 2}, row=1, col=col)
+        figure.update_xaxes(title_text="evaluated topic", row=1, col=col)
     figure.update_yaxes(autorange="reversed")
+    figure.update_yaxes(title_text="fine-tuning target", row=1, col=1)
     for col in range(2, len(leanings) + 1):  # the rows are the same targets: label them once
         figure.update_yaxes(showticklabels=False, row=1, col=col)
     figure.update_xaxes(tickangle=30)
     figure.update_layout(
         title=f"Stance shift per evaluated topic after fine-tuning on one topic ({matrix['data']}; "
-        "* = 95% CI excludes 0)"
+        "outlined: the target itself; * = 95% CI excludes 0)"
     )
     return figure
 
@@ -263,19 +270,22 @@ def shift_bars(generalization: Generalization) -> go.Figure:
 def layer_distribution(localize_summary: dict) -> go.Figure:
     """General neurons and each topic's specific neurons per layer."""
     summary = localize_summary.get("summary", localize_summary)
+    min_topics = localize_summary.get("config", {}).get("min_topics")
     counts = summary["general"]["layer_counts"]
     layers = list(range(len(counts)))
     figure = go.Figure(
-        go.Bar(x=layers, y=counts, name=f"general ({summary['general']['count']})", marker_color=_ACCENT)
+        go.Bar(x=layers, y=counts, name=f"general ({summary['general']['count']:,})", marker_color=_ACCENT)
     )
+    sizes = {row["count"] for row in summary["specific"].values()}
+    same = len(sizes) == 1  # equal by construction (each topic's top set minus the general set): say it once
     for topic, row in summary["specific"].items():
-        figure.add_trace(
-            go.Scatter(
-                x=layers, y=row["layer_counts"], mode="lines+markers", name=f"specific: {topic} ({row['count']})"
-            )
-        )
+        name = f"specific: {topic}" + ("" if same else f" ({row['count']:,})")
+        figure.add_trace(go.Scatter(x=layers, y=row["layer_counts"], mode="lines+markers", name=name))
+    n_topics = len(summary.get("topics", summary["specific"]))
+    rule = f"in the top set of ≥ {min_topics} of {n_topics} topics" if min_topics else "in every topic's top set"
+    each = f"; each topic's specific set: {next(iter(sizes)):,}" if same and sizes else ""
     figure.update_layout(
-        title=f"PNLAC neurons per layer (general = in every topic's top set; {summary['n_neurons']} neurons in all)",
+        title=f"PNLAC neurons per layer (general = {rule}{each}; {summary['n_neurons']:,} neurons in all)",
         xaxis_title="layer",
         yaxis_title="neurons",
     )
@@ -283,14 +293,19 @@ def layer_distribution(localize_summary: dict) -> go.Figure:
 
 
 def patching_recovery(
-    recovery: Mapping[str, Mapping[str, Recovery]], set_sizes: Mapping[str, int], target: str
+    recovery: Mapping[str, Mapping[str, Recovery]],
+    set_sizes: Mapping[str, int],
+    target: str,
+    *,
+    scored: str | None = None,
 ) -> go.Figure:
     """Activation patching and mean-ablation of neuron sets. Left: the share of the fine-tune's shift
     each set carries, on the target and on the pooled other topics (CTG) — patched from the fine-tuned
     model into the base (recovered) or mean-ablated in the fine-tuned model (``ablate:``, removed);
     random sets (the general set's per-layer counts, none of its neurons) are the control. Right: the
     shift each patched set produces on every topic next to the fine-tune's own shift (absolute values:
-    ratios are unstable on topics the fine-tune barely moved)."""
+    ratios are unstable on topics the fine-tune barely moved). ``scored`` says what was scored (items ×
+    answer tokens): fewer than the generalization stage's, so its shifts differ from that stage's."""
     from plotly.subplots import make_subplots
 
     names = list(recovery)
@@ -343,9 +358,8 @@ def patching_recovery(
     figure.update_yaxes(title_text="patched: recovered · ablate: removed", row=1, col=1)
     figure.update_xaxes(tickangle=-45, row=1, col=1)
     figure.update_yaxes(title_text="shift from base", row=1, col=2)
-    figure.update_layout(
-        title="Activation patching: how much of the fine-tune's stance shift each neuron set carries", barmode="group"
-    )
+    title = "Activation patching: how much of the fine-tune's stance shift each neuron set carries"
+    figure.update_layout(title=title + (f" ({scored})" if scored else ""), barmode="group")
     return figure
 
 
@@ -381,7 +395,12 @@ def run_figures(run: RunArtifacts) -> dict[str, go.Figure]:
     if run.localize:
         figures["neuron_layers"] = layer_distribution(run.localize)
     if run.recovery:
-        figures["patching"] = patching_recovery(run.recovery, run.patch["set_sizes"], run.patch["target"])
+        patch = run.config.get("patch", {})
+        items, tokens = (patch.get(k) or "all" for k in ("max_items", "max_answer_tokens"))
+        scored = f"scored on {items} eval items per topic × {tokens} answer tokens"
+        figures["patching"] = patching_recovery(
+            run.recovery, run.patch["set_sizes"], run.patch["target"], scored=scored
+        )
     if run.mitigation and run.mitigation["frontier"]:
         figures["mitigation"] = mitigation_frontier(run.mitigation)
     return figures

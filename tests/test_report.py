@@ -84,3 +84,37 @@ def test_figure_script_writes_static_images(smoke_run, tmp_path):
         png = tmp_path / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
         assert (tmp_path / f"{name}.html").is_file()
+
+
+def test_figures_say_what_they_show(smoke_run):
+    """The patching figure names what was scored; equal specific-set sizes are said once, not per topic;
+    the matrix has axis titles and outlines each target's own shift."""
+    from polineurons.viz import layer_distribution, matrix_heatmaps, run_figures
+
+    figures = run_figures(load_run(smoke_run[0]))
+    assert "scored on 2 eval items per topic × 8 answer tokens" in figures["patching"].layout.title.text
+    summary = {
+        "config": {"min_topics": 3},
+        "summary": {
+            "topics": ["a", "b", "c", "d"],
+            "n_neurons": 1000,
+            "general": {"count": 10, "layer_counts": [4, 6]},
+            "specific": {t: {"count": 7, "layer_counts": [3, 4]} for t in "abcd"},
+        },
+    }
+    figure = layer_distribution(summary)
+    assert "≥ 3 of 4 topics; each topic's specific set: 7" in figure.layout.title.text
+    assert [trace.name for trace in figure.data][1:] == [f"specific: {t}" for t in "abcd"]
+    row = {"shift": 0.1, "ci_low": 0.0, "ci_high": 0.2}
+    cell = {"shifts": {t: row for t in ("x", "y", "z")}}
+    matrix = {
+        "leanings": ["left", "right"],
+        "topics": ["x", "y", "z"],
+        "targets": ["x", "z"],
+        "data": "made-up",
+        "cells": [cell | {"target": t, "leaning": lean} for t in ("x", "z") for lean in ("left", "right")],
+    }
+    heatmaps = matrix_heatmaps(matrix)
+    outlined = {(shape.x0, shape.y0) for shape in heatmaps.layout.shapes}
+    assert outlined == {(-0.5, -0.5), (1.5, 0.5)}  # x at column 0, z at column 2 (row 1)
+    assert heatmaps.layout.xaxis.title.text == "evaluated topic" and heatmaps.layout.yaxis.title.text
