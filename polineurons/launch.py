@@ -73,12 +73,9 @@ class TrialsFailedError(RunError):
         )
 
 
-def require_ray() -> None:
-    """Fail at once, saying how to install it, when Ray is missing (before a sweep does any work)."""
-    _import_ray()
-
-
-def _import_ray():
+def require_ray():
+    """The ``ray`` module; when Ray is missing, an error saying how to install it (raised before a sweep
+    does any work)."""
     try:
         import ray
     except ImportError as error:
@@ -110,7 +107,7 @@ class RayLauncher:
         require_ray()  # fail before any work when Ray is missing
 
     def _connect(self):
-        ray = _import_ray()
+        ray = require_ray()
         if not ray.is_initialized():
             # the driver only collects results: workers' logs stay in Ray's session folder
             ray.init(address=self.config.ray_address, include_dashboard=False, log_to_driver=False)
@@ -159,5 +156,5 @@ class RayLauncher:
     def close(self) -> None:
         """Stop the Ray instance this launcher started (a joined cluster keeps running)."""
         if self._started:
-            _import_ray().shutdown()
+            require_ray().shutdown()
             self._started = False
