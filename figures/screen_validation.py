@@ -84,12 +84,18 @@ def pairwise_orderings(rows: list[dict]) -> dict[str, dict[str, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("matrices", type=Path, nargs="+", help="`polineurons matrix` folders")
+    parser.add_argument("matrices", type=Path, nargs="*", help="`polineurons matrix` folders")
+    parser.add_argument("--replot", type=Path, help="redraw the figures of a validation.json (no model, no matrices)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", default=None, help="base model (default: the embedded model)")
     parser.add_argument("--check", default=None, help="also a check data set, where a matrix scored it")
     parser.add_argument("--no-png", action="store_true", help="skip the PNG (needs kaleido and chromium)")
     args = parser.parse_args(argv)
+    if args.replot:
+        write_figures(validation_figure(read_json(args.replot)["rows"]), args.out, png=not args.no_png)
+        return 0
+    if not args.matrices:
+        parser.error("give matrix folders, or --replot a validation.json")
     model = load_model(args.model, device="cpu")
     axes: dict[str, StanceAxes] = {}  # eval set -> its stance axes, shared by every screen against it
     screened: dict[tuple[str, str, str], dict] = {}  # (training data, target, eval set) -> predictors
@@ -147,34 +153,69 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"rows": rows, "spearman": correlations, "pairwise": orderings, "check": args.check}
     write_json(args.out / "validation.json", payload)
-    figure = go.Figure()
-    for group in dict.fromkeys((r["data"], r["eval"], r["leaning"]) for r in rows):
-        chosen = [r for r in rows if (r["data"], r["eval"], r["leaning"]) == group]
-        figure.add_trace(
-            go.Scatter(
-                x=[r["screen"]["transfer_cosine"] for r in chosen],
-                y=[r["measured"]["ctg"] for r in chosen],
-                mode="markers+text",
-                marker_symbol={"right": "circle", "left": "diamond"}.get(group[2], "square"),
-                text=[r["target"] for r in chosen],
-                textposition="top center",
-                name=f"trained on {group[0]}, {group[2] if group[2] == 'ideology' else 'toward ' + group[2]}, "
-                f"scored on {group[1]}",
+    write_figures(validation_figure(rows), args.out, png=not args.no_png)
+    return 0
+
+
+def validation_figure(rows: list[dict]) -> go.Figure:
+    """Measured CTG against the screen's cosine: one panel per (training data, eval set); a colour per
+    target, a marker per leaning (and per ideology row: the part of the spill-over that flips with it)."""
+    from plotly.subplots import make_subplots
+
+    panels = list(dict.fromkeys((r["data"], r["eval"]) for r in rows))
+    titles = [f"trained on {data}, scored on {evals}" for data, evals in panels]
+    figure = make_subplots(rows=1, cols=len(panels), subplot_titles=titles, shared_yaxes=True, horizontal_spacing=0.04)
+    symbols = {"right": "circle", "left": "diamond", "ideology": "square"}
+    palette = ["#1b7837", "#d6604d", "#7570b3", "#e7298a", "#1f78b4", "#e6ab02", "#66a61e", "#a6761d"]
+    colours = {t: palette[i % len(palette)] for i, t in enumerate(dict.fromkeys(r["target"] for r in rows))}
+    for col, panel in enumerate(panels, start=1):
+        chosen = [r for r in rows if (r["data"], r["eval"]) == panel]
+        for target in dict.fromkeys(r["target"] for r in chosen):
+            series = [r for r in chosen if r["target"] == target]
+            figure.add_trace(
+                go.Scatter(
+                    x=[r["screen"]["transfer_cosine"] for r in series],
+                    y=[r["measured"]["ctg"] for r in series],
+                    mode="markers",
+                    marker={"symbol": [symbols.get(r["leaning"], "x") for r in series], "size": 10},
+                    marker_color=colours[target],
+                    name=target,
+                    legendgroup=target,
+                    showlegend=False,
+                    text=[r["leaning"] for r in series],
+                    hovertemplate=f"{target} (%{{text}})<br>screen cosine %{{x:.3f}}<br>"
+                    "measured CTG %{y:+.3f}<extra></extra>",
+                ),
+                row=1,
+                col=col,
             )
+        figure.update_xaxes(title_text="screen: cosine with other topics", row=1, col=col)
+    for target, colour in colours.items():  # legend: a colour per target, a shape per leaning
+        line = {"color": colour, "width": 6}
+        figure.add_trace(
+            go.Scatter(x=[None], y=[None], mode="lines", line=line, name=target, legendgroup=target), row=1, col=1
         )
+    for leaning in dict.fromkeys(r["leaning"] for r in rows):
+        name = "ideology (flips with the leaning)" if leaning == "ideology" else f"toward {leaning}"
+        marker = {"symbol": symbols.get(leaning, "x"), "size": 10, "color": "#9e9e9e"}
+        figure.add_trace(go.Scatter(x=[None], y=[None], mode="markers", marker=marker, name=name), row=1, col=1)
+    figure.update_yaxes(title_text="measured CTG (toward the trained leaning)", row=1, col=1)
     figure.update_layout(
         title="Spill-over screen (base model only) vs CTG measured after fine-tuning",
-        xaxis_title="cosine of the training push with the other topics' stance directions (screen)",
-        yaxis_title="measured CTG (toward the trained leaning)",
         template="plotly_white",
     )
-    figure.write_html(args.out / "validation.html", include_plotlyjs="cdn")
-    if not args.no_png:
+    return figure
+
+
+def write_figures(figure: go.Figure, out: Path, *, png: bool = True) -> None:
+    """validation.html (and validation.png, which needs kaleido and chromium) in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    figure.write_html(out / "validation.html", include_plotlyjs="cdn")
+    if png:
         try:
-            figure.write_image(args.out / "validation.png", width=1100, height=620, scale=2)
+            figure.write_image(out / "validation.png", width=1400, height=620, scale=2)
         except Exception as error:  # kaleido needs Debian's chromium; the HTML and JSON are written anyway
             print(f"no PNG: {error}", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

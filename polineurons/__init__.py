@@ -21,6 +21,7 @@ _EXPORTS = {
     "StanceDataset": "polineurons.data.items",
     # measuring stance and spill-over
     "measure_stance": "polineurons.stance",
+    "ScoringConfig": "polineurons.stance",
     "StanceConfig": "polineurons.stance",
     "StanceResult": "polineurons.stance",
     "measure_generalization": "polineurons.generalization",

@@ -19,12 +19,15 @@ from polineurons.cli_options import (
     JsonOut,
     Leaning,
     Loads,
+    MatrixOptions,
+    MitigateOptions,
     Model,
     OnData,
     OnPair,
-    Scoring,
     Sweeps,
     Target,
+    narrowed,
+    optional_target,
     write_report,
 )
 from polineurons.config import RunConfig, preset_named
@@ -39,7 +42,7 @@ from polineurons.patching import PatchConfig, patch_experiment, recovery_text
 from polineurons.pnlac import Localization, LocalizeConfig, localize
 from polineurons.report import write_pages
 from polineurons.screening import ScreenConfig, screen
-from polineurons.stance import measure_stance, measure_statements, topic_table
+from polineurons.stance import ScoringConfig, measure_stance, measure_statements, topic_table
 from polineurons.study import Study
 from polineurons.training import FinetuneConfig, finetune, training_pairs
 
@@ -66,9 +69,10 @@ class Stance(OnData):
     model: Model = EMBEDDED_MODEL
     topics: tuple[str, ...] = ()  # Topics scored (empty: all).
     split: Literal["train", "eval", "all"] = "eval"
+    """Items scored: eval (held out from training), train or all."""
     statements: bool = False
     """Also score the statement items."""
-    config: Annotated[Scoring, Flat] = Scoring()
+    config: Annotated[ScoringConfig, Flat] = ScoringConfig()
     out: JsonOut = None
 
     def __call__(self) -> None:
@@ -109,7 +113,7 @@ class Generalization(OnPair):
 
     target: Target
     leaning: Leaning = "right"
-    config: Annotated[Scoring, Flat] = Scoring()
+    config: Annotated[ScoringConfig, Flat] = ScoringConfig()
     out: JsonOut = None
 
     def __call__(self) -> None:
@@ -130,7 +134,7 @@ class Localize(OnData):
     finetuned: Path | None = None  # The model fine-tuned toward --leaning (every contrast but answers).
     opposite: Path | None = None  # The model fine-tuned toward the other leaning (contrast leaning).
     base: Base = EMBEDDED_MODEL
-    target: Target | None = None
+    target: optional_target("needed by --general-over others") = None
     leaning: Leaning = "right"
     config: Annotated[LocalizeConfig, Flat] = LocalizeConfig()
 
@@ -147,7 +151,7 @@ class Patch(OnPair):
 
     neurons: Path  # A `polineurons localize` output folder.
     out: Path  # Write the recovery table (set x topic) as JSON here.
-    target: Target | None = None
+    target: optional_target("its specific set is patched with --specific target") = None
     config: Annotated[PatchConfig, Flat] = PatchConfig()
 
     def __call__(self) -> None:
@@ -166,7 +170,7 @@ class Mitigate(Sweeps):
     strengths and seeds, and a run's folder shares its vanilla fine-tunes and base scores."""
 
     out: Path  # Study folder; mitigation.json and mitigation.html cover every trial in it.
-    config: Annotated[RunConfig, Flat]
+    config: Annotated[MitigateOptions, Flat]
     neurons: Path | None = None  # A `polineurons localize` folder for the neuron methods (None: OUT/localize).
 
     def __call__(self) -> None:
@@ -197,7 +201,7 @@ class Matrix(Sweeps):
     """Fine-tune toward each leaning on each topic and score every topic: the cross-topic matrix (resumable)."""
 
     out: Path  # Study folder: one trial per cell, matrix.json and matrix.html (every cell in it).
-    config: Annotated[RunConfig, Flat]
+    config: Annotated[MatrixOptions, Flat]
     matrix: Annotated[MatrixConfig, Flat] = MatrixConfig()
 
     def __call__(self) -> None:
@@ -230,7 +234,7 @@ class Run(Sweeps):
 class Report:
     """Rebuild a study folder's pages from its files (no model needed): report.html, matrix.html, mitigation.html."""
 
-    run_dir: tyro.conf.Positional[Path]
+    run_dir: tyro.conf.Positional[Path]  # A `polineurons run`, `matrix` or `mitigate` folder.
 
     def __call__(self) -> None:
         print(f"wrote {', '.join(map(str, write_pages(self.run_dir)))}")
@@ -245,7 +249,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         preset = RunConfig.from_preset(preset_named(argv))  # its values: the defaults other options override
         frontier = replace(preset, mitigate=replace(preset.mitigate, strengths=()))  # mitigate: each method's own
-        defaults = {c: c(tyro.MISSING, preset) for c in (Run, Matrix)} | {Mitigate: Mitigate(tyro.MISSING, frontier)}
+        defaults = {
+            Run: Run(tyro.MISSING, preset),
+            Matrix: Matrix(tyro.MISSING, narrowed(MatrixOptions, preset)),
+            Mitigate: Mitigate(tyro.MISSING, narrowed(MitigateOptions, frontier)),
+        }
         choices = [Annotated[c, tyro.conf.subcommand(c.__name__.lower(), default=defaults.get(c))] for c in COMMANDS]
         try:
             options = Union[tuple(choices)]  # noqa: UP007 (a Union built at run time)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import tyro
 
+from polineurons.config import ExamplesConfig, RunConfig
 from polineurons.data import load_data
 from polineurons.io import write_json
 from polineurons.launch import LaunchConfig
+from polineurons.methods import MitigateConfig
 from polineurons.models import EMBEDDED_MODEL, DType, load_model
-from polineurons.stance import StanceConfig
+from polineurons.patching import PatchConfig
+from polineurons.pnlac import LocalizeConfig
 
 Flat = tyro.conf.arg(name="")  # a nested config's options without a prefix: --top-k, not --config.top-k
 Model = Annotated[str, tyro.conf.arg(aliases=("-m",), help="embedded, tiny-llama, tiny-gemma3, a folder, a hub id.")]
@@ -22,7 +25,13 @@ Dtype = Annotated[DType, tyro.conf.arg(help="Weights' dtype; auto: bfloat16 on a
 Data = Annotated[str, tyro.conf.arg(help="voices, arguments, crosscheck, briefs, a JSONL file or folder, hf:NAME.")]
 Target = Annotated[str, tyro.conf.arg(aliases=("--topic",), help="The fine-tuning topic.")]
 JsonOut = Annotated[Path | None, tyro.conf.arg(help="Write the results as JSON here.")]
-Leaning = Literal["left", "right"]
+Leaning = Annotated[Literal["left", "right"], tyro.conf.arg(help="Leaning of the fine-tuning answers.")]
+Finetuned = Annotated[Path, tyro.conf.arg(help="The fine-tuned model (a folder, e.g. from `polineurons finetune`).")]
+
+
+def optional_target(use: str):
+    """The fine-tuning topic as an option a command can do without: ``use`` says what it is for."""
+    return Annotated[str | None, tyro.conf.arg(aliases=("--topic",), help=f"The fine-tuning topic ({use}).")]
 
 
 def write_report(out: Path | None, report: dict) -> None:
@@ -60,7 +69,7 @@ class OnData(Loads):
 class OnPair(OnData):
     """Commands that compare a fine-tuned model with its base."""
 
-    finetuned: Path
+    finetuned: Finetuned
     base: Base = EMBEDDED_MODEL
 
     def models(self):
@@ -75,8 +84,32 @@ class Sweeps:
     launch: Annotated[LaunchConfig, Flat] = LaunchConfig()
 
 
-@dataclass(frozen=True)
-class Scoring(StanceConfig):
-    """How stance is measured (the commands that score no neutral text: no ``--neutral-items``)."""
+# A sweep command lists only the sections of a run's settings it reads (`run` reads them all); the
+# hidden ones keep the preset's values, so a folder's stored settings are those of a run.
+_QUICK = RunConfig()
+Options = TypeVar("Options", bound=RunConfig)
 
-    neutral_items: tyro.conf.Suppress[int | None] = None
+
+@dataclass(frozen=True)
+class MitigateOptions(RunConfig):
+    """A run's settings that `mitigate` reads (no localize, examples or patch sections)."""
+
+    localize: tyro.conf.Suppress[LocalizeConfig] = _QUICK.localize
+    examples: tyro.conf.Suppress[ExamplesConfig] = _QUICK.examples
+    patch: tyro.conf.Suppress[PatchConfig] = _QUICK.patch
+
+
+@dataclass(frozen=True)
+class MatrixOptions(MitigateOptions):
+    """A run's settings that `matrix` reads: no mitigation, and each cell's target and leaning come
+    from --targets and --leanings, its seed from --finetune.seed."""
+
+    target: tyro.conf.Suppress[str] = _QUICK.target
+    leaning: tyro.conf.Suppress[Literal["left", "right"]] = _QUICK.leaning
+    seeds: tyro.conf.Suppress[int] = _QUICK.seeds
+    mitigate: tyro.conf.Suppress[MitigateConfig] = _QUICK.mitigate
+
+
+def narrowed(options: type[Options], config: RunConfig) -> Options:
+    """``config`` as the options type of a command that reads part of it."""
+    return options(**{f.name: getattr(config, f.name) for f in fields(RunConfig)})

@@ -21,7 +21,7 @@ from polineurons.methods import MitigateConfig
 from polineurons.models import EMBEDDED_MODEL, DType, resolve_model_path
 from polineurons.patching import PatchConfig
 from polineurons.pnlac import LocalizeConfig
-from polineurons.stance import StanceConfig
+from polineurons.stance import ScoringConfig, StanceConfig
 from polineurons.training import FinetuneConfig
 from polineurons.trial import TrialSpec
 
@@ -65,7 +65,7 @@ class RunConfig:
     stance: StanceConfig = StanceConfig(max_items=16, max_answer_tokens=48, neutral_items=32)
     """Scoring of the data's eval items and the neutral-text check (quick: 16 items per topic, where a CTG
     of 0.05 stays above its CI; the first 48 answer tokens; 32 of the 160 neutral texts)."""
-    check: StanceConfig = StanceConfig(max_items=16, max_answer_tokens=48)
+    check: ScoringConfig = ScoringConfig(max_items=16, max_answer_tokens=48)
     """Scoring of each check data set."""
     finetune: FinetuneConfig = FinetuneConfig(epochs=1, max_steps=16, learning_rate=1e-4)
     """Training (quick: 16 steps, 128 of the 216 training items, at twice the default rate)."""
@@ -89,6 +89,8 @@ class RunConfig:
             raise RunError(f"Unknown preset '{self.preset}': use {', '.join(PRESETS)}.")
         if self.seeds < 1 or self.eval_size < 1:
             raise ValueError(f"seeds and eval_size must be >= 1, got {self.seeds} and {self.eval_size}.")
+        if getattr(self.check, "neutral_items", None) is not None:
+            raise ValueError("check scores no neutral text: the neutral-text check is sized by stance.neutral_items.")
         if self.data in self.check_data:
             raise ValueError(f"check_data must be other data than the training data '{self.data}'.")
 
@@ -112,7 +114,7 @@ class RunConfig:
                 config,
                 seeds=3,
                 stance=StanceConfig(),
-                check=StanceConfig(),
+                check=ScoringConfig(),
                 finetune=FinetuneConfig(epochs=3),
                 localize=LocalizeConfig(),
                 examples=ExamplesConfig(prompts=3),
@@ -126,7 +128,7 @@ class RunConfig:
             config = replace(
                 config,
                 stance=StanceConfig(max_items=2, neutral_items=8),
-                check=StanceConfig(max_items=2),
+                check=ScoringConfig(max_items=2),
                 finetune=FinetuneConfig(epochs=1, max_steps=2, batch_size=4, max_seq_len=320, learning_rate=1e-3),
                 localize=LocalizeConfig(max_items=2, top_k=20.0, min_topics=2),  # a tiny model: a set to plumb through
                 examples=ExamplesConfig(prompts=1, neurons=4),

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from polineurons.data.items import StanceDataset, check_leaning
-from polineurons.stance import StanceConfig, StanceResult, measure_stance
+from polineurons.stance import ScoringConfig, StanceResult, measure_stance
 from polineurons.stats import Estimate, bootstrap, bootstrap_ci, paired_shifts
 
 
@@ -115,7 +115,7 @@ def measure_generalization(
     finetuned_model,
     dataset: StanceDataset,
     target: str,
-    config: StanceConfig = StanceConfig(),
+    config: ScoringConfig = ScoringConfig(),
     *,
     leaning: str = "right",
     base_result: StanceResult | None = None,

@@ -25,7 +25,9 @@ FORWARDED_ENV = ("POLINEURONS_CACHE", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """How a sweep's trials are run; results do not depend on it."""
+    """How a sweep's trials are run; results do not depend on it. On a CPU a Ray trial runs with as many
+    torch threads as the launching process by default: float sums depend on the thread count, so the
+    results then equal the local launcher's bit for bit."""
 
     launcher: Literal["local", "ray"] = "local"
     """local: one trial after another in this process; ray: one Ray task per trial (pip install polineurons[ray])."""
@@ -34,8 +36,7 @@ class LaunchConfig:
     gpus_per_trial: float | None = None
     """GPUs a Ray trial asks for; fractions share a GPU, e.g. 0.25 for the 135M model (None: 1 on a GPU)."""
     cpus_per_trial: int | None = None
-    """CPUs (torch threads) per Ray trial (None: beside a GPU 1; on a CPU torch's threads here, which keeps
-    results equal to the local launcher's bit for bit)."""
+    """Torch threads per Ray trial (None: 1 beside a GPU; on a CPU this process's, so results match local)."""
 
     def __post_init__(self) -> None:
         if self.launcher not in ("local", "ray"):

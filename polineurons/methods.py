@@ -58,13 +58,14 @@ MethodName = Literal["inhibit-zero", "inhibit-freeze", "stopgrad", "caft", "caft
 
 @dataclass(frozen=True)
 class MitigateConfig:
-    """Which mitigations are compared, at which strengths, and their units."""
+    """Which mitigations are compared, at which strengths, and their units. Each method's own strengths
+    (:data:`METHODS`) span ~80-100% of the target kept at the quick settings: caft 0.025 0.05 0.075 0.1,
+    steer 0.5 1 1.5, ..."""
 
     methods: tuple[MethodName, ...] = ("caft", "steer")
     """Methods compared with vanilla (see polineurons.methods)."""
     strengths: tuple[float, ...] = ()
-    """Relative strengths, > 0, for every method (empty: each method's own, spanning ~80-100% of the
-    target kept at the quick settings: caft 0.025 0.05 0.075 0.1, steer 0.5 1 1.5, ...; see polineurons.methods)."""
+    """Relative strengths > 0 for every method (empty: each method's own, see polineurons.methods)."""
     controls: bool = True
     """Also train each method's matched random control."""
     percent: float = 5.0

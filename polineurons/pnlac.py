@@ -73,23 +73,26 @@ class LocalizeError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class LocalizeConfig:
-    """PNLAC settings: what is contrasted, on which tokens, and how the top sets are chosen."""
+    """PNLAC settings: what is contrasted, on which tokens, and how the top sets are chosen.
+
+    Contrasts: ``finetune`` (RMS of fine-tuned − base activations), ``leaning`` (right − left fine-tune),
+    ``answers`` (the base model on right − left answers) or ``attribution`` (gradient × fine-tune change of
+    the stance margin). Positions: ``question`` (the whole question prompt), ``after_prefix`` (the question
+    prompt after the system prompt and chat header every topic shares), ``answer`` (question + answer run,
+    answer tokens scored) or ``all`` (question + answer, every token). Normalizations: ``none`` (raw scores,
+    which favour late layers), ``layer_z`` (z-score each layer) or ``base_std`` (divide each neuron by its
+    own spread in the base model on the same tokens)."""
 
     contrast: Contrast = "answers"
-    """finetune (RMS of fine-tuned − base), leaning (right − left fine-tune), answers (base model: right −
-    left answers) or attribution (gradient × fine-tune change of the stance margin)."""
+    """finetune (RMS tuned − base), leaning (right − left tune), answers (base: right − left) or attribution."""
     positions: Positions = "answer"
-    """Tokens scored: question (the question prompt, all of it), after_prefix (the question prompt after the
-    system prompt and chat header every topic shares), answer (question + answer run, answer tokens scored)
-    or all (question + answer, every token)."""
+    """Tokens scored: question, after_prefix (after the shared chat header), answer (its tokens) or all."""
     normalize: Normalization = "layer_z"
-    """none (raw scores, favour late layers), layer_z (z-score each layer) or base_std (divide each neuron
-    by its own spread in the base model on the same tokens)."""
+    """none (favours late layers), layer_z (z-score per layer) or base_std (per neuron, by its base spread)."""
     top_k: float = 10.0
     """Percent of all neurons kept per topic."""
     min_topics: int | None = 3
-    """General = in the top set (same sign) of at least this many voting topics (None or more than there
-    are: all of them)."""
+    """General: in the top set (same sign) of at least this many voting topics (None, or more than vote: all)."""
     general_over: Voters = "all"
     """Topics that vote for the general set: all, or others (every topic but the run's target)."""
     max_items: int | None = None

@@ -32,8 +32,8 @@ AGREE, DISAGREE = "Agree", "Disagree"
 
 
 @dataclass(frozen=True)
-class StanceConfig:
-    """How stance is measured on a data set's eval items."""
+class ScoringConfig:
+    """How a data set's eval items are scored: what every stance measurement takes."""
 
     max_items: int | None = None
     """Eval items per topic (None: all)."""
@@ -41,17 +41,28 @@ class StanceConfig:
     """Sequences per forward."""
     max_answer_tokens: int | None = None
     """Score only the first N tokens of each answer (faster; None: all)."""
-    neutral_items: int | None = None
-    """Neutral texts (``data/neutral.jsonl``) in the capability check scored beside the stance of
-    every fine-tune (None: all 160)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_items", "max_answer_tokens", "neutral_items"):
+        for name in ("max_items", "max_answer_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}.")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+
+
+@dataclass(frozen=True)
+class StanceConfig(ScoringConfig):
+    """How a fine-tune is scored: its eval items (as :class:`ScoringConfig`) and the neutral-text
+    capability check beside them."""
+
+    neutral_items: int | None = None
+    """Neutral texts (``data/neutral.jsonl``) scored beside each fine-tune's stance (None: all 160)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.neutral_items is not None and self.neutral_items < 1:
+            raise ValueError(f"neutral_items must be >= 1, got {self.neutral_items}.")
 
 
 @dataclass(frozen=True)
@@ -249,7 +260,7 @@ def topic_table(title: str, topics: dict[str, TopicScore]) -> str:
 def measure_stance(
     model,
     dataset: StanceDataset,
-    config: StanceConfig = StanceConfig(),
+    config: ScoringConfig = ScoringConfig(),
     *,
     split: str | None = "eval",
     topics: Sequence[str] | None = None,

@@ -29,7 +29,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -41,7 +41,7 @@ from polineurons.io import read_json, write_json
 from polineurons.launch import LaunchConfig, RayLauncher, require_ray
 from polineurons.models import DType, default_device, load_model, model_identity, resolve_dtype
 from polineurons.settings import as_stored, changed_settings, describe_changes, settings_key
-from polineurons.stance import StanceConfig, StanceResult, measure_stance, neutral_logprob, neutral_pairs
+from polineurons.stance import ScoringConfig, StanceResult, measure_stance, neutral_logprob, neutral_pairs
 from polineurons.trial import Scores, Trial, TrialRequest, TrialSpec, train_and_score
 from polineurons.versions import library_versions
 
@@ -221,8 +221,8 @@ class Study:
         write_json(path, payload)
         return payload
 
-    def _stance_file(self, model: str, data, config: StanceConfig) -> tuple[Path, dict]:
-        scoring = {k: v for k, v in asdict(config).items() if k != "neutral_items"}  # not a stance setting
+    def _stance_file(self, model: str, data, config: ScoringConfig) -> tuple[Path, dict]:
+        scoring = {f.name: getattr(config, f.name) for f in fields(ScoringConfig)}  # not neutral_items
         settings = {
             "model": self.identity(model),
             "data": data.identity,
@@ -234,7 +234,7 @@ class Study:
         settings = {"model": self.identity(model), "neutral_items": items, "batch_size": batch_size}
         return self._base_path("neutral", settings), settings
 
-    def base_stance(self, model: str, data, config: StanceConfig) -> StanceResult:
+    def base_stance(self, model: str, data, config: ScoringConfig) -> StanceResult:
         """The base model's stance on ``data``'s eval items, scored once per (model, data, scoring)."""
         path, settings = self._stance_file(model, data, config)
 

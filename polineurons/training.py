@@ -24,7 +24,7 @@ from polineurons.adapters import MLP_PROJECTIONS, attach_lora, has_adapter, save
 from polineurons.batching import pad_id_of, pad_right
 from polineurons.data.items import StanceDataset, StanceItem, check_leaning
 from polineurons.data.prompts import encode_prompt, encode_text, has_chat_template
-from polineurons.errors import UserError
+from polineurons.errors import RunError, UserError
 from polineurons.hooks import Applied, Intervention
 from polineurons.models import save_model
 from polineurons.neurons import neuron_parameters
@@ -156,7 +156,7 @@ def encode_examples(tokenizer, pairs: Sequence[tuple[str, str]], max_seq_len: in
     for question, answer in pairs:
         prompt = encode_prompt(tokenizer, question)
         if len(prompt) >= max_seq_len:
-            raise ValueError(f"max_seq_len {max_seq_len} leaves no room for an answer to: {question[:60]!r}")
+            raise RunError(f"max_seq_len {max_seq_len} leaves no room for an answer to: {question[:60]!r}")
         ids = (prompt + encode_text(tokenizer, answer, prompt_start=False) + end_of_turn)[:max_seq_len]
         examples.append((ids, len(prompt)))
     return examples

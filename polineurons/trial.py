@@ -15,7 +15,7 @@ from typing import Any
 from polineurons.data.items import StanceDataset
 from polineurons.hooks import Intervention
 from polineurons.models import EMBEDDED_MODEL
-from polineurons.stance import StanceConfig, StanceResult, measure_stance, neutral_logprob, neutral_pairs
+from polineurons.stance import ScoringConfig, StanceConfig, StanceResult, measure_stance, neutral_logprob, neutral_pairs
 from polineurons.training import FinetuneConfig, finetune, training_pairs
 
 
@@ -65,13 +65,15 @@ class TrialSpec:
     finetune: FinetuneConfig = FinetuneConfig()
     stance: StanceConfig = StanceConfig()
     checks: Mapping[str, StanceDataset] = field(default_factory=dict)
-    check_stance: StanceConfig = StanceConfig()
+    check_stance: ScoringConfig = ScoringConfig()
     model: str = EMBEDDED_MODEL
 
     def scoring(self) -> dict:
         """The scoring settings, as stored (JSON-ready): what a trial's and the base's scores depend on."""
         checks = {name: d.identity for name, d in self.checks.items()}
-        return {"stance": asdict(self.stance), "checks": checks, "check_stance": asdict(self.check_stance)}
+        # check_stance keeps the null neutral_items it was stored with (as a StanceConfig), so trials keep their keys
+        check_stance = {"neutral_items": None} | asdict(self.check_stance)
+        return {"stance": asdict(self.stance), "checks": checks, "check_stance": check_stance}
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import torch
 
 from polineurons.artifacts import RunArtifacts
 from polineurons.generalization import Generalization
+from polineurons.localization import SIGNED
 from polineurons.patching import CTG, Recovery
 from polineurons.stance import StanceResult
 
@@ -270,19 +271,24 @@ def shift_bars(generalization: Generalization) -> go.Figure:
 def layer_distribution(localize_summary: dict) -> go.Figure:
     """General neurons and each topic's specific neurons per layer."""
     summary = localize_summary.get("summary", localize_summary)
-    min_topics = localize_summary.get("config", {}).get("min_topics")
     counts = summary["general"]["layer_counts"]
     layers = list(range(len(counts)))
     figure = go.Figure(
         go.Bar(x=layers, y=counts, name=f"general ({summary['general']['count']:,})", marker_color=_ACCENT)
     )
     sizes = {row["count"] for row in summary["specific"].values()}
-    same = len(sizes) == 1  # equal by construction (each topic's top set minus the general set): say it once
+    same = len(sizes) == 1  # equal when the general set lies in every topic's top set: said once
     for topic, row in summary["specific"].items():
         name = f"specific: {topic}" + ("" if same else f" ({row['count']:,})")
         figure.add_trace(go.Scatter(x=layers, y=row["layer_counts"], mode="lines+markers", name=name))
-    n_topics = len(summary.get("topics", summary["specific"]))
-    rule = f"in the top set of ≥ {min_topics} of {n_topics} topics" if min_topics else "in every topic's top set"
+    config = localize_summary.get("config", {})
+    min_topics, others = config.get("min_topics"), config.get("general_over") == "others"
+    n_topics = len(summary.get("topics", summary["specific"])) - others
+    voters = f"{n_topics} {'other ' if others else ''}topics"
+    sign = ", same sign," if config.get("contrast", "finetune") in SIGNED else ""
+    rule = (
+        f"in the top set{sign} of ≥ {min_topics} of {voters}" if min_topics else f"in the top set{sign} of all {voters}"
+    )
     each = f"; each topic's specific set: {next(iter(sizes)):,}" if same and sizes else ""
     figure.update_layout(
         title=f"PNLAC neurons per layer (general = {rule}{each}; {summary['n_neurons']:,} neurons in all)",
@@ -359,7 +365,7 @@ def patching_recovery(
     figure.update_xaxes(tickangle=-45, row=1, col=1)
     figure.update_yaxes(title_text="shift from base", row=1, col=2)
     title = "Activation patching: how much of the fine-tune's stance shift each neuron set carries"
-    figure.update_layout(title=title + (f" ({scored})" if scored else ""), barmode="group")
+    figure.update_layout(title=title + (f"<br><sup>{scored}</sup>" if scored else ""), barmode="group")
     return figure
 
 

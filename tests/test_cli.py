@@ -87,7 +87,7 @@ def test_finetune_then_generalization(cli, tiny_env, tmp_path):
     assert {"target_shift", "ctg", "ctg_ratio"} <= set(data) and "CTG ratio" in output
 
 
-def test_finetune_rejects_bad_input(cli, tmp_path):
+def test_finetune_rejects_bad_input(cli, tiny_env, tmp_path):
     code, output = cli(["finetune", "--model", "tiny-llama", "--topic", "weather", "--out", tmp_path / "x"])
     assert code == 2 and "Unknown topic(s) weather" in output
     code, output = cli(
@@ -96,6 +96,8 @@ def test_finetune_rejects_bad_input(cli, tmp_path):
     assert code == 2 and "invalid choice 'up'" in output
     code, output = cli(["finetune", "--topic", "race", "--out", tmp_path / "x", "--epochs", 0])
     assert code == 2 and "epochs must be >= 1" in output
+    code, output = cli(["finetune", "-m", "tiny-llama", "--topic", "race", "--out", tmp_path / "x", "--max-seq-len", 8])
+    assert code == 2 and "max_seq_len 8 leaves no room for an answer" in output
 
 
 def test_localize_then_patch(cli, tiny_env, tmp_path):

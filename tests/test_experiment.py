@@ -11,7 +11,7 @@ from polineurons.config import RunConfig, trial_spec
 from polineurons.data import load_data
 from polineurons.errors import RunError
 from polineurons.experiment import STAGES, downstream, run_pipeline
-from polineurons.stance import StanceResult
+from polineurons.stance import ScoringConfig, StanceConfig, StanceResult
 from polineurons.trial import TrialSpec, train_and_score
 from tests.helpers import trial_labels
 
@@ -183,6 +183,16 @@ def test_own_topics_skip_check_sets_without_them_and_set_their_eval_size(tmp_pat
     assert spec.checks == {} and spec.dataset.counts()["taxes"] == {"train": 4, "eval": 2}
     with pytest.raises(ValueError, match="eval_size must be >= 1"):
         RunConfig(eval_size=0)
+
+
+def test_check_data_scoring_has_no_neutral_texts_and_keeps_stored_trial_keys():
+    # check sets are scored by a ScoringConfig: the neutral-text check is sized once, by stance.neutral_items
+    with pytest.raises(ValueError, match="check scores no neutral text"):
+        RunConfig(check=StanceConfig(neutral_items=4))
+    spec = trial_spec(RunConfig())
+    assert type(spec.check_stance) is ScoringConfig
+    as_before = replace(spec, check_stance=StanceConfig(**vars(spec.check_stance)))  # how trials were keyed
+    assert spec.scoring() == as_before.scoring()
 
 
 def test_collect_results_of_a_partial_run(finished_run, tmp_path):

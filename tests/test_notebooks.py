@@ -49,11 +49,21 @@ def test_neuron_explorer_runs_on_a_run_folder(smoke_run, tiny_cache, monkeypatch
     assert len(plots) == 3
 
 
-def test_quickstart_is_committed_with_the_embedded_models_outputs():
-    """A reader sees what the notebook prints without running it (outputs of the embedded model)."""
-    book = nbformat.read(NOTEBOOKS / "01_quickstart.ipynb", as_version=4)
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("01_quickstart.ipynb", ["smollm2-135m-instruct: 30 layers x 1536 MLP neurons", "stance back to the original"]),
+        (
+            "02_neuron_explorer.ipynb",
+            ["smollm2-135m-instruct, right-leaning fine-tune on immigration", "general neurons:"],
+        ),
+    ],
+)
+def test_notebooks_are_committed_with_the_embedded_models_outputs(name, expected):
+    """A reader sees what a notebook shows without running it (outputs of the embedded model)."""
+    book = nbformat.read(NOTEBOOKS / name, as_version=4)
     code = [c for c in book.cells if c.cell_type == "code"][1:]  # all but the parameters cell
     assert all(c.outputs for c in code)
+    assert not [o for c in code for o in c.outputs if o.get("name") == "stderr"]  # no progress bars or warnings
     printed = _text(book)
-    assert "smollm2-135m-instruct: 30 layers x 1536 MLP neurons" in printed
-    assert "hooks removed; stance back to the original" in printed
+    assert all(text in printed for text in expected)

@@ -105,6 +105,10 @@ def test_figures_say_what_they_show(smoke_run):
     figure = layer_distribution(summary)
     assert "≥ 3 of 4 topics; each topic's specific set: 7" in figure.layout.title.text
     assert [trace.name for trace in figure.data][1:] == [f"specific: {t}" for t in "abcd"]
+    signed = summary | {"config": {"min_topics": 2, "contrast": "answers", "general_over": "others"}}
+    assert (
+        "general = in the top set, same sign, of ≥ 2 of 3 other topics" in layer_distribution(signed).layout.title.text
+    )
     row = {"shift": 0.1, "ci_low": 0.0, "ci_high": 0.2}
     cell = {"shifts": {t: row for t in ("x", "y", "z")}}
     matrix = {
