@@ -98,17 +98,13 @@ def test_matrix_cells_resume_and_report(tiny_env, tmp_path, monkeypatch):
     assert "transfer_cosine vs ctg (voices eval, trained on voices, ideology, n = 2)" in spearman
     assert validation["pairwise"] == {}  # one training data set: nothing to order
     # the figure redraws from validation.json alone: a panel per (data, eval set), every row once, no text labels
-    assert (
-        script.main(["--replot", str(tmp_path / "v" / "validation.json"), "--out", str(tmp_path / "r"), "--no-png"])
-        == 0
-    )
-    assert (tmp_path / "r" / "validation.html").is_file()
+    replot = ["--replot", str(tmp_path / "v" / "validation.json"), "--out", str(tmp_path / "r"), "--no-png"]
+    assert script.main(replot) == 0 and (tmp_path / "r" / "validation.html").is_file()
     figure = script.validation_figure(validation["rows"])
     points = [x for trace in figure.data if trace.x != (None,) for x in trace.x]
     assert len(points) == len(validation["rows"]) and all("text" not in trace.mode for trace in figure.data)
-    assert [a.text for a in figure.layout.annotations] == ["trained on voices, scored on voices"] + [
-        "trained on voices, scored on crosscheck"
-    ]
+    panels = [a.text for a in figure.layout.annotations]
+    assert panels == ["trained on voices, scored on voices", "trained on voices, scored on crosscheck"]
 
 
 def _row(data, target, screen, ctg):
