@@ -17,6 +17,7 @@ _EXPORTS = {
     # models and data
     "load_model": "polineurons.models",
     "bridge_hf_model": "polineurons.models",
+    "generate_answers": "polineurons.models",
     "load_data": "polineurons.data",
     "StanceDataset": "polineurons.data.items",
     # measuring stance and spill-over
@@ -39,7 +40,9 @@ _EXPORTS = {
     "StopGradNeurons": "polineurons.hooks",
     "AblateDirections": "polineurons.hooks",
     "SteerResidual": "polineurons.hooks",
+    "Combined": "polineurons.hooks",
     "KLToBase": "polineurons.regularizers",
+    "Replay": "polineurons.regularizers",
     # localizing and patching
     "localize": "polineurons.pnlac",
     "LocalizeConfig": "polineurons.pnlac",

@@ -121,7 +121,7 @@ class RunConfig:
                 patch=PatchConfig(),
                 # every method at its own strengths (polineurons.methods)
                 mitigate=MitigateConfig(
-                    methods=("inhibit-zero", "inhibit-freeze", "stopgrad", "caft", "caft-grad", "steer", "kl")
+                    methods=("inhibit-zero", "inhibit-freeze", "stopgrad", "caft", "caft-grad", "steer", "kl", "replay")
                 ),
             )
         elif name == "smoke":

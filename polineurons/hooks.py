@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -402,3 +402,29 @@ class SteerResidual(Intervention):
             "coefficient": self.coefficient,
             "norm": float(self.vector.norm()),
         }
+
+
+@dataclass(frozen=True, eq=False)
+class Combined(Intervention):
+    """Several interventions at once: entered in order (their hooks compose in that order) and all
+    removed on exit; their ``after_step`` functions run in order and their extra losses are added."""
+
+    parts: tuple[Intervention, ...]
+
+    @contextmanager
+    def apply(self, model) -> Iterator[Applied]:
+        with ExitStack() as stack:
+            applied = [stack.enter_context(part.apply(model)) for part in self.parts]
+            losses = [a.extra_loss for a in applied if a.extra_loss is not None]
+
+            def after_step() -> None:
+                for a in applied:
+                    a.after_step()
+
+            def extra_loss() -> Tensor:
+                return sum((loss() for loss in losses[1:]), losses[0]())
+
+            yield Applied(after_step=after_step, extra_loss=extra_loss if losses else None)
+
+    def describe(self) -> dict:
+        return {"kind": "combined", "parts": [part.describe() for part in self.parts]}

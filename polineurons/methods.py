@@ -16,14 +16,20 @@ steer           add s·v at one middle layer (preventative steering),   random v
                 v = the leaning's mean answer difference
 kl              loss += s·β·KL(p_θ ‖ p_base) on the other topics'      the same on neutral text
                 training texts
+replay          loss += s·(LM loss on the base model's own greedy      the same on its answers to
+                answers to the other topics' training questions)       as many neutral prompts
+caft+kl         caft at 0.1·s and kl at 0.25·s together                both controls together
+caft+steer      caft at 0.1·s and steer at 1.5·s together              both controls together
 ==============  =====================================================  ==============================
 
 Each method's default strengths span roughly 80–100% of the target kept at the quick settings (16
 steps at lr 1e-4) on the embedded model: ``caft`` and ``steer`` from their curves measured there (3 seeds
 on a GPU: caft keeps 89/78/68/52% at 0.05/0.1/0.15/0.25, steer 87/80/73% at 1/1.5/2); the others scaled
 from one seed at strength 1 with one epoch (inhibit-zero kept 64%, kl 73%, inhibit-freeze and stopgrad
-~100%) — not yet measured at these settings. Longer training keeps more of the target at the same
-strength (one epoch, 27 steps: caft 96/90/88/78% at 0.05/0.1/0.15/0.25).
+~100%) — not yet measured at these settings; ``replay``'s from one seed on a CPU (kept 88% at 0.25, 63% at
+1); a combination puts each part at s times a fixed unit, that part's largest default strength (caft 0.1,
+kl 0.25, steer 1.5; not yet measured). Longer training keeps more of the target at the same strength (one
+epoch, 27 steps: caft 96/90/88/78% at 0.05/0.1/0.15/0.25).
 """
 
 from __future__ import annotations
@@ -35,25 +41,30 @@ from typing import Literal, get_args
 
 import torch
 
+from polineurons.data.loaders import load_neutral
 from polineurons.data.prompts import encode_prompt, encode_text
 from polineurons.directions import difference_pcs, leaning_directions, random_like, random_vector
 from polineurons.errors import UserError
 from polineurons.generalization import leaning_sign
 from polineurons.hooks import (
     AblateDirections,
+    Combined,
     FreezeNeurons,
     Intervention,
     ScaleNeurons,
     SteerResidual,
     StopGradNeurons,
 )
+from polineurons.models import generate_answer_ids
 from polineurons.pnlac import Localization
-from polineurons.regularizers import KLToBase
+from polineurons.regularizers import KLToBase, Replay
 from polineurons.screening import answer_direction, default_layers
 from polineurons.stance import neutral_pairs
 from polineurons.trial import TrialSpec
 
-MethodName = Literal["inhibit-zero", "inhibit-freeze", "stopgrad", "caft", "caft-grad", "steer", "kl"]
+MethodName = Literal[
+    "inhibit-zero", "inhibit-freeze", "stopgrad", "caft", "caft-grad", "steer", "kl", "replay", "caft+kl", "caft+steer"
+]
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,9 @@ class MitigateConfig:
     kl_beta: float = 1.0
     """KL weight per unit of strength."""
     items: int = 32
-    """Training items per topic used for directions, steering vectors and KL texts."""
+    """Training items per topic used for directions, steering vectors, KL texts and replayed answers."""
+    replay_tokens: int = 48
+    """Replay: new tokens at most in each of the base model's greedy answers."""
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in get_args(MethodName)]
@@ -89,8 +102,8 @@ class MitigateConfig:
             raise ValueError(f"Unknown method(s) {unknown}: use {', '.join(get_args(MethodName))}.")
         if any(not s > 0 for s in self.strengths):
             raise ValueError(f"strengths must be > 0 (0 is vanilla, which every comparison has), got {self.strengths}.")
-        if not 0 < self.percent <= 100 or self.rank < 1 or self.items < 1 or self.kl_beta < 0:
-            raise ValueError("percent must be in (0, 100], rank and items >= 1, kl_beta >= 0.")
+        if not 0 < self.percent <= 100 or min(self.rank, self.items, self.replay_tokens) < 1 or self.kl_beta < 0:
+            raise ValueError("percent must be in (0, 100], rank, items and replay_tokens >= 1, kl_beta >= 0.")
 
     def strengths_of(self, name: str) -> tuple[float, ...]:
         """The strengths ``name`` is trained at: ``strengths`` if given, else the method's defaults."""
@@ -200,6 +213,25 @@ class Ingredients:
 
         return self._get(f"texts-{others}", make)
 
+    def replay_examples(self, *, others: bool) -> list[tuple[list[int], int]]:
+        """The base model's own greedy answers to the other topics' training questions (``others``), or
+        to as many neutral prompts (the control), as training examples: prompt + answer token ids, cut
+        at the fine-tune's ``max_seq_len``, and where the answer starts."""
+
+        def make():
+            questions = [i.question for i in self.other_items()]
+            if not others:
+                neutral = [q for q, _ in load_neutral()]
+                questions = (neutral * (len(questions) // len(neutral) + 1))[: len(questions)]
+            answers = generate_answer_ids(
+                self.base, questions, max_new_tokens=self.settings.replay_tokens, progress=True
+            )
+            prompts = [encode_prompt(self.base.tokenizer, q) for q in questions]
+            max_len = self.spec.finetune.max_seq_len
+            return [((p + a)[:max_len], len(p)) for p, a in zip(prompts, answers, strict=True) if len(p) < max_len]
+
+        return self._get(f"replay-{others}", make)
+
 
 def _inhibit(kind: Callable) -> Callable:
     return lambda ing, s, seed, control: kind(ing.general_neurons(s, seed, control))
@@ -216,6 +248,20 @@ def _steer(ing: Ingredients, s: float, seed: int, control: bool) -> Intervention
 
 def _kl(ing: Ingredients, s: float, seed: int, control: bool) -> Intervention:
     return KLToBase(ing.base, ing.texts(others=not control), s * ing.settings.kl_beta, seed=seed)
+
+
+def _replay(ing: Ingredients, s: float, seed: int, control: bool) -> Intervention:
+    examples = ing.replay_examples(others=not control)
+    return Replay(examples, s, batch_size=ing.spec.finetune.batch_size, seed=seed)
+
+
+def _together(*parts: tuple[str, float]) -> Callable:
+    """Registered methods applied at once, each at s × its unit here (the controls: theirs, at once)."""
+
+    def build(ing: Ingredients, s: float, seed: int, control: bool) -> Intervention:
+        return Combined(tuple(METHODS[name].build(ing, s * unit, seed, control) for name, unit in parts))
+
+    return build
 
 
 @dataclass(frozen=True)
@@ -241,6 +287,9 @@ METHODS: dict[str, Method] = {
         Method("caft-grad", _caft(True), (0.25, 0.5, 1.0), _DIRECTIONS),
         Method("steer", _steer, (0.5, 1.0, 1.5), ("steer_layer", "items")),
         Method("kl", _kl, (0.05, 0.1, 0.25), ("kl_beta", "items")),
+        Method("replay", _replay, (0.1, 0.25, 0.5), ("replay_tokens", "items")),
+        Method("caft+kl", _together(("caft", 0.1), ("kl", 0.25)), (0.25, 0.5, 1.0), (*_DIRECTIONS, "kl_beta")),
+        Method("caft+steer", _together(("caft", 0.1), ("steer", 1.5)), (0.25, 0.5, 1.0), (*_DIRECTIONS, "steer_layer")),
     )
 }
 

@@ -10,11 +10,12 @@ import difflib
 import hashlib
 import importlib.metadata
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
+from tqdm.auto import tqdm
 
 from polineurons.adapters import adapter_base, is_adapter_folder, load_adapter
 from polineurons.data.prompts import encode_prompt, has_chat_template
@@ -359,9 +360,52 @@ def model_summary(model: TransformerBridge) -> dict:
 
 def generate_answer(model: TransformerBridge, question: str, *, max_new_tokens: int = 64) -> str:
     """Greedy answer to ``question`` in the model's chat format (special tokens dropped)."""
-    tokens = torch.tensor([encode_prompt(model.tokenizer, question)], device=model.cfg.device)
-    out = model.generate(tokens, max_new_tokens=max_new_tokens, do_sample=False, verbose=False)
-    return model.tokenizer.decode(out[0, tokens.shape[1] :], skip_special_tokens=True).strip()
+    return generate_answers(model, [question], max_new_tokens=max_new_tokens)[0]
+
+
+def generate_answers(
+    model: TransformerBridge, questions: Sequence[str], *, max_new_tokens: int = 64, batch_size: int = 16
+) -> list[str]:
+    """Greedy answers to ``questions`` (special tokens dropped): :func:`generate_answer_ids`, decoded."""
+    ids = generate_answer_ids(model, questions, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return [model.tokenizer.decode(answer, skip_special_tokens=True).strip() for answer in ids]
+
+
+@torch.no_grad()
+def generate_answer_ids(
+    model: TransformerBridge,
+    questions: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[list[int]]:
+    """Token ids of the greedy answer to each question in the model's chat format, up to and including
+    the end-of-turn token (absent when the answer was cut at ``max_new_tokens``).
+
+    Generated ``batch_size`` at a time: prompts are left-padded and masked, so a batch gives each
+    question the answer it gets alone. Runs the wrapped Hugging Face model's ``generate`` (its key-value
+    cache) with no hooks installed; ``progress`` shows a bar over the batches."""
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError("batch_size and max_new_tokens must be >= 1.")
+    tokenizer, device, hf_model = model.tokenizer, model.cfg.device, model.original_model
+    stops = hf_model.generation_config.eos_token_id
+    stops = {*(stops if isinstance(stops, list) else [stops]), tokenizer.eos_token_id} - {None}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stops), 0)
+    answers: list[list[int]] = []
+    starts = range(0, len(questions), batch_size)
+    for start in tqdm(starts, desc="generating answers", disable=not progress):
+        prompts = [encode_prompt(tokenizer, q) for q in questions[start : start + batch_size]]
+        width = max(len(p) for p in prompts)
+        tokens = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        out = hf_model.generate(
+            input_ids=tokens, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id
+        )
+        for row in out[:, width:].tolist():
+            end = next((i for i, token in enumerate(row) if token in stops), None)
+            answers.append(row if end is None else row[: end + 1])
+    return answers
 
 
 def hf_state_dict(model: TransformerBridge) -> dict[str, torch.Tensor]:

@@ -162,7 +162,7 @@ def encode_examples(tokenizer, pairs: Sequence[tuple[str, str]], max_seq_len: in
     return examples
 
 
-def _collate(examples, indices, pad_id, device):
+def collate_answers(examples, indices, pad_id, device):
     """Right-padded batch; labels are the answer tokens, -100 elsewhere."""
     tokens, mask = pad_right([examples[i][0] for i in indices], pad_id)
     labels = torch.full_like(tokens, -100)
@@ -315,7 +315,7 @@ def finetune(
                     chunk = micro[start : start + config.grad_accum]
                     step_loss = 0.0
                     for indices in chunk:
-                        tokens, mask, labels = _collate(examples, indices, pad_id, model.cfg.device)
+                        tokens, mask, labels = collate_answers(examples, indices, pad_id, model.cfg.device)
                         with precision.forward():
                             loss = answer_loss(model(tokens, attention_mask=mask), labels)
                             if active.extra_loss is not None:

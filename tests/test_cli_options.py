@@ -86,7 +86,7 @@ def invocations(tmp: Path) -> dict[str, list[list]]:
     train = ["--max-steps", 1, "--batch-size", 2, "--max-seq-len", 320]
     sweep = [*tiny, *cpu, "--preset", "smoke"]
     lora = ["--finetune.train", "lora"]  # full fine-tuning: the finetune command's first run
-    methods = ["--mitigate.methods", "inhibit-zero", "caft", "steer", "kl", "--mitigate.no-controls"]
+    methods = ["--mitigate.methods", "inhibit-zero", "caft", "steer", "kl", "replay", "--mitigate.no-controls"]
     return {
         "info": [["info", *tiny, *cpu, "--ask", "Hello?"]],
         "stance": [["stance", *tiny, *cpu, "--topics", "race", "--max-items", 1, "--statements", "--out", tmp / "s"]],

@@ -12,19 +12,22 @@ import pytest
 import torch
 
 from polineurons import load_model
+from polineurons.batching import pad_id_of
 from polineurons.data import encode_prompt, encode_text, load_data
+from polineurons.data.loaders import load_neutral
 from polineurons.directions import random_like, random_subspace, random_vector
 from polineurons.errors import RunError, UserError
 from polineurons.frontier import compare_runs
-from polineurons.hooks import AblateDirections, SteerResidual, StopGradNeurons, record_residual
+from polineurons.hooks import AblateDirections, Combined, SteerResidual, StopGradNeurons, record_residual
 from polineurons.methods import METHODS, Ingredients, method
 from polineurons.mitigate import Arm, MitigateConfig, plan_arms, run_mitigation
+from polineurons.models import generate_answer_ids
 from polineurons.neurons import NeuronSet, neuron_parameters, resid_post_hook_name
 from polineurons.pnlac import Localization
-from polineurons.regularizers import KLToBase
+from polineurons.regularizers import KLToBase, Replay
 from polineurons.stance import ItemScore, StanceConfig, StanceResult, neutral_logprob, neutral_pairs, summarize
 from polineurons.study import Study
-from polineurons.training import FinetuneConfig, finetune, training_pairs
+from polineurons.training import FinetuneConfig, answer_loss, collate_answers, finetune, training_pairs
 from polineurons.trial import TrialSpec
 from tests.helpers import prompt_batch
 
@@ -248,6 +251,76 @@ def test_steering_points_the_trained_way_at_the_middle_layer_and_kl_texts_leave_
     target = {tuple(encode_prompt(tokenizer, i.question)) for i in own}
     starts = [next(p for p in prompts | target if tuple(t[: len(p)]) == p) for t in texts]
     assert len(texts) == 2 * len(items) and set(starts) == prompts  # both answers of every other topic's item
+
+
+def test_replay_trains_on_the_base_models_own_answers_and_its_control_on_neutral_prompts(tiny_cache, located):
+    build = interventions(tiny_cache, located)
+    replay, control = build.build(Arm("replay", 0.5)), build.build(Arm("replay", 0.5, control=True))
+    ing = build.ingredients
+    tokenizer, questions = ing.base.tokenizer, [i.question for i in ing.other_items()]
+    neutral = [q for q, _ in load_neutral()[: len(questions)]]
+    assert replay.weight == control.weight == 0.5 and len(replay.examples) == len(control.examples) == len(questions)
+    for examples, asked in ((replay.examples, questions), (control.examples, neutral)):
+        answers = generate_answer_ids(ing.base, asked, max_new_tokens=ing.settings.replay_tokens)
+        for (ids, start), question, answer in zip(examples, asked, answers, strict=True):
+            prompt = encode_prompt(tokenizer, question)
+            assert start == len(prompt) and list(ids) == (prompt + answer)[: FAST.max_seq_len]
+
+
+def test_replay_loss_is_the_weighted_answer_loss_of_each_batch_in_a_seeded_cycle(tiny_llama):
+    """Its extra loss is w times the training loss on a batch of its examples (answer tokens only), and
+    the batches go through every example once per pass."""
+    tokenizer, asked = tiny_llama.tokenizer, (("One?", "Yes."), ("Two?", "No, never."), ("Three?", "Maybe so."))
+    prompts = {q: encode_prompt(tokenizer, q) for q, _ in asked}
+    examples = [(prompts[q] + encode_text(tokenizer, a, prompt_start=False), len(prompts[q])) for q, a in asked]
+
+    def replayed(weight, batch_size, n):
+        with torch.no_grad(), Replay(examples, weight, batch_size=batch_size, seed=3).apply(tiny_llama) as applied:
+            return [float(applied.extra_loss()) for _ in range(n)]
+
+    def trained_on(indices):  # the fine-tune's own loss on these examples
+        tokens, mask, labels = collate_answers(examples, indices, pad_id_of(tiny_llama), "cpu")
+        with torch.no_grad():
+            return float(answer_loss(tiny_llama(tokens, attention_mask=mask), labels))
+
+    alone, whole_loss = [trained_on([i]) for i in range(3)], trained_on([0, 1, 2])
+    one_by_one = replayed(1.0, 1, 6)
+    assert sorted(one_by_one[:3]) == pytest.approx(sorted(alone)) == sorted(one_by_one[3:])
+    assert replayed(0.5, 1, 6) == pytest.approx([0.5 * x for x in one_by_one])
+    assert replayed(0.5, 3, 2) == pytest.approx([0.5 * whole_loss] * 2, rel=1e-5)
+
+
+def test_a_combination_is_its_parts_at_their_units_and_its_control_their_controls(tiny_cache, located):
+    build = interventions(tiny_cache, located)
+    for arm in (Arm("caft+kl", 0.5), Arm("caft+kl", 0.5, control=True)):
+        caft, kl = build.build(arm).parts
+        alone = build.build(Arm("caft", 0.05, control=arm.control)), build.build(Arm("kl", 0.125, control=arm.control))
+        assert caft.coefficient == 0.05 and kl.beta == 0.125
+        assert all(torch.equal(caft.directions[k], alone[0].directions[k]) for k in caft.directions)
+        assert kl.sequences == alone[1].sequences
+    steer = build.build(Arm("caft+steer", 1.0)).parts[1]
+    assert steer.coefficient == 1.5 and torch.equal(steer.vector, build.build(Arm("steer", 1.0)).vector)
+
+
+def test_combined_interventions_compose_hooks_and_add_losses(tiny_llama, tiny_cache):
+    """Applied together, two hooks act as the two contexts nested, and two loss terms add up."""
+    tokens, q = prompt_batch(tiny_llama), random_subspace(tiny_llama.cfg.d_model, 2, 0)
+    ablate, steer = AblateDirections({1: q}, 0.5), SteerResidual(1, torch.ones(tiny_llama.cfg.d_model), 0.3)
+    with torch.no_grad():
+        with ablate.apply(tiny_llama), steer.apply(tiny_llama):
+            nested = tiny_llama(tokens)
+        with Combined((ablate, steer)).apply(tiny_llama):
+            together = tiny_llama(tokens)
+    assert torch.equal(nested, together) and not torch.equal(together, tiny_llama(tokens))
+    twin = load_model("tiny-llama", device="cpu", cache=tiny_cache)
+    kl = KLToBase(twin, [row.tolist() for row in tokens], beta=1.0, seed=1)
+    examples = [(row.tolist(), 3) for row in tokens]
+    replay = Replay(examples, 0.5, batch_size=1, seed=2)
+    with torch.no_grad():
+        with kl.apply(tiny_llama) as a, replay.apply(tiny_llama) as b:
+            apart = [float(a.extra_loss() + b.extra_loss()) for _ in range(3)]
+        with Combined((kl, replay)).apply(tiny_llama) as both:
+            assert [float(both.extra_loss()) for _ in range(3)] == pytest.approx(apart)
 
 
 def test_kl_to_an_identical_base_is_zero(tiny_llama, tiny_cache):

