@@ -366,7 +366,12 @@ def generate_answer(model: TransformerBridge, question: str, *, max_new_tokens: 
 def generate_answers(
     model: TransformerBridge, questions: Sequence[str], *, max_new_tokens: int = 64, batch_size: int = 16
 ) -> list[str]:
-    """Greedy answers to ``questions`` (special tokens dropped): :func:`generate_answer_ids`, decoded."""
+    """Greedy answers to ``questions`` (special tokens dropped): :func:`generate_answer_ids`, decoded.
+
+    Example::
+
+        answers = generate_answers(load_model(), ["Should taxes rise?", "Is the border secure?"], max_new_tokens=48)
+    """
     ids = generate_answer_ids(model, questions, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return [model.tokenizer.decode(answer, skip_special_tokens=True).strip() for answer in ids]
 
