@@ -422,7 +422,7 @@ class Combined(Intervention):
                     a.after_step()
 
             def extra_loss() -> Tensor:
-                return sum((loss() for loss in losses[1:]), losses[0]())
+                return sum(loss() for loss in losses)
 
             yield Applied(after_step=after_step, extra_loss=extra_loss if losses else None)
 

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from polineurons.adapters import adapter_base, is_adapter_folder, load_adapter
+from polineurons.batching import pad_id_of
 from polineurons.data.prompts import encode_prompt, has_chat_template
 from polineurons.errors import UserError
 from polineurons.io import atomic_dir
@@ -396,7 +397,7 @@ def generate_answer_ids(
     tokenizer, device, hf_model = model.tokenizer, model.cfg.device, model.original_model
     stops = hf_model.generation_config.eos_token_id
     stops = {*(stops if isinstance(stops, list) else [stops]), tokenizer.eos_token_id} - {None}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stops), 0)
+    pad_id = pad_id_of(model)  # padded positions are masked, and cut off at the first stop token
     answers: list[list[int]] = []
     starts = range(0, len(questions), batch_size)
     for start in tqdm(starts, desc="generating answers", disable=not progress):
