@@ -60,6 +60,8 @@ _EXPORTS = {
     "MatrixConfig": "polineurons.matrix",
     "run_mitigation": "polineurons.mitigate",
     "MitigateConfig": "polineurons.methods",
+    "run_layer_search": "polineurons.layer_search",
+    "LayerSearchConfig": "polineurons.layer_search",
     "trial_spec": "polineurons.config",
     "load_run": "polineurons.artifacts",
     "write_pages": "polineurons.report",

@@ -24,6 +24,7 @@ from polineurons.cli_options import (
     Model,
     OnData,
     OnPair,
+    SearchOptions,
     Sweeps,
     Target,
     narrowed,
@@ -35,6 +36,7 @@ from polineurons.data import load_data
 from polineurons.errors import UserError
 from polineurons.experiment import STAGES, run_pipeline
 from polineurons.generalization import measure_generalization
+from polineurons.layer_search import LayerSearchConfig, layer_search_text, search_layers_folder
 from polineurons.matrix import MatrixConfig, matrix_text, run_matrix
 from polineurons.mitigate import league_text, mitigate_folder
 from polineurons.models import EMBEDDED_MODEL, generate_answer, model_summary
@@ -179,6 +181,20 @@ class Mitigate(Sweeps):
         print(f"{league_text(result)}\nwrote {self.out / 'mitigation.json'}; pages: {', '.join(map(str, pages))}")
 
 
+@dataclass
+class Layers(Sweeps):
+    """Where a direction method should act: one short fine-tune per candidate layer with the method at that
+    layer alone, against a vanilla of the same length; recommends --mitigate.layers (resumable)."""
+
+    out: Path  # Study folder (a `mitigate` folder's works: its vanilla and base scores are shared).
+    config: Annotated[SearchOptions, Flat]
+    search: LayerSearchConfig = LayerSearchConfig()
+
+    def __call__(self) -> None:
+        result = search_layers_folder(self.out, self.config, self.search, device=self.device, launch=self.launch)
+        print(f"{layer_search_text(result)}\nwrote {self.out / 'layer_search.json'}")
+
+
 @dataclass(kw_only=True)
 class Screen(OnData):
     """Predict spill-over before training, from the base model alone: answer directions and word markers."""
@@ -240,7 +256,7 @@ class Report:
         print(f"wrote {', '.join(map(str, write_pages(self.run_dir)))}")
 
 
-COMMANDS = (Info, Stance, Finetune, Generalization, Localize, Patch, Screen, Mitigate, Run, Matrix, Report)
+COMMANDS = (Info, Stance, Finetune, Generalization, Localize, Patch, Screen, Mitigate, Layers, Run, Matrix, Report)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -253,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
             Run: Run(tyro.MISSING, preset),
             Matrix: Matrix(tyro.MISSING, narrowed(MatrixOptions, preset)),
             Mitigate: Mitigate(tyro.MISSING, narrowed(MitigateOptions, frontier)),
+            Layers: Layers(tyro.MISSING, narrowed(SearchOptions, preset)),
         }
         choices = [Annotated[c, tyro.conf.subcommand(c.__name__.lower(), default=defaults.get(c))] for c in COMMANDS]
         try:

@@ -12,7 +12,7 @@ from polineurons.config import ExamplesConfig, RunConfig
 from polineurons.data import load_data
 from polineurons.io import write_json
 from polineurons.launch import LaunchConfig
-from polineurons.methods import MitigateConfig
+from polineurons.methods import MethodName, MitigateConfig
 from polineurons.models import EMBEDDED_MODEL, DType, load_model
 from polineurons.patching import PatchConfig
 from polineurons.pnlac import LocalizeConfig
@@ -110,6 +110,33 @@ class MatrixOptions(MitigateOptions):
     mitigate: tyro.conf.Suppress[MitigateConfig] = _QUICK.mitigate
 
 
+@dataclass(frozen=True)
+class DirectionOptions(MitigateConfig):
+    """The mitigation settings the layer search reads: how directions are made (it sets the layers)."""
+
+    methods: tyro.conf.Suppress[tuple[MethodName, ...]] = _QUICK.mitigate.methods
+    strengths: tyro.conf.Suppress[tuple[float, ...]] = _QUICK.mitigate.strengths
+    controls: tyro.conf.Suppress[bool] = _QUICK.mitigate.controls
+    percent: tyro.conf.Suppress[float] = _QUICK.mitigate.percent
+    layers: tyro.conf.Suppress[tuple[int, ...] | None] = _QUICK.mitigate.layers
+    steer_layer: tyro.conf.Suppress[int | None] = _QUICK.mitigate.steer_layer
+    kl_beta: tyro.conf.Suppress[float] = _QUICK.mitigate.kl_beta
+    replay_tokens: tyro.conf.Suppress[int] = _QUICK.mitigate.replay_tokens
+
+
+@dataclass(frozen=True)
+class SearchOptions(MitigateOptions):
+    """A run's settings that `layers` reads: one seed (--finetune.seed) and the direction settings."""
+
+    seeds: tyro.conf.Suppress[int] = _QUICK.seeds
+    mitigate: DirectionOptions = DirectionOptions()
+
+
 def narrowed(options: type[Options], config: RunConfig) -> Options:
     """``config`` as the options type of a command that reads part of it."""
-    return options(**{f.name: getattr(config, f.name) for f in fields(RunConfig)})
+    values = {f.name: getattr(config, f.name) for f in fields(RunConfig)}
+    if options is SearchOptions:  # its mitigation settings are of their own (narrowed) type
+        values["mitigate"] = DirectionOptions(
+            **{f.name: getattr(config.mitigate, f.name) for f in fields(MitigateConfig)}
+        )
+    return options(**values)

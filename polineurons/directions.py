@@ -6,6 +6,9 @@
   projected out, so that ablating it spares the target shift. Unit vectors.
 - :func:`difference_pcs`: the top principal components of (fine-tuned − base) residual activations
   on some sequences (CAFT's choice of directions).
+- :func:`flip_directions`: what flips with the leaning — the top principal components of (right-leaning
+  − left-leaning fine-tune) on the other topics' texts, with the same measured on the target's own texts
+  projected out.
 - :func:`random_subspace` and :func:`random_like`: controls with the same rank, or the same norm.
 - :func:`neuron_direction_cosines`: how well a neuron set's output weights line up with a direction.
 """
@@ -72,6 +75,36 @@ def difference_pcs(
             diff = (after[layer] - before[layer])[mask.bool()].double().cpu()  # [tokens, d_model]
             grams[layer] += diff.T @ diff
     return {layer: torch.linalg.eigh(gram).eigenvectors[:, -k:].flip(-1).float() for layer, gram in grams.items()}
+
+
+def flip_directions(
+    one,
+    other,
+    others: Sequence[Sequence[int]],
+    own: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    k: int,
+    *,
+    batch_size: int = 8,
+) -> Directions:
+    """``layer -> [d_model, k]`` orthonormal: the top-k principal components of the residual difference
+    between two fine-tunes of the same base toward opposite leanings (``one``, ``other``; which is which
+    only flips signs) on the other topics' texts ``others``, with the top-k of the same difference on the
+    target's own texts ``own`` projected out: what the leaning moves on other topics and not on the target."""
+    spill = difference_pcs(one, other, others, layers, k, batch_size=batch_size)
+    target = difference_pcs(one, other, own, layers, k, batch_size=batch_size)
+    return {layer: orthogonal_complement(spill[layer], target[layer]) for layer in layers}
+
+
+def orthogonal_complement(
+    basis: Float[Tensor, "d_model k"], against: Float[Tensor, "d_model j"]
+) -> Float[Tensor, "d_model k"]:
+    """An orthonormal basis of ``basis``'s span with ``against``'s (orthonormal) span projected out."""
+    rest = basis.double() - against.double() @ (against.double().T @ basis.double())
+    q, r = torch.linalg.qr(rest)
+    if float(r.diagonal().abs().min()) < 1e-6 * float(basis.norm()):
+        raise ValueError("The directions lie within the span they are made orthogonal to: nothing is left.")
+    return q.float()
 
 
 def random_subspace(d_model: int, k: int, seed: int) -> Float[Tensor, "d_model k"]:

@@ -22,6 +22,11 @@ caft+kl         caft at 0.1·s and kl at 0.25·s together                both co
 caft+steer      caft at 0.1·s and steer at 1.5·s together              both controls together
 ==============  =====================================================  ==============================
 
+CAFT's directions (``directions``): ``leaning``, the base model's right − left answer direction on the
+other topics, orthogonal to the target's own; ``pca``, the top PCs of (vanilla − base) on the other
+topics' texts; ``flip``, the top PCs of (right − left vanilla fine-tune) there, the same on the target's
+texts projected out (:mod:`polineurons.directions`). Where they act (``layers``): :mod:`polineurons.layer_search`.
+
 Each method's default strengths span roughly 80–100% of the target kept at the quick settings (16
 steps at lr 1e-4) on the embedded model: ``caft`` and ``steer`` from their curves measured there (3 seeds
 on a GPU: caft keeps 89/78/68/52% at 0.05/0.1/0.15/0.25, steer 87/80/73% at 1/1.5/2); the others scaled
@@ -34,16 +39,17 @@ epoch, 27 steps: caft 96/90/88/78% at 0.05/0.1/0.15/0.25).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 import torch
 
 from polineurons.data.loaders import load_neutral
 from polineurons.data.prompts import encode_prompt, encode_text
-from polineurons.directions import difference_pcs, leaning_directions, random_like, random_vector
+from polineurons.directions import difference_pcs, flip_directions, leaning_directions, random_like, random_vector
 from polineurons.errors import UserError
 from polineurons.generalization import leaning_sign
 from polineurons.hooks import (
@@ -83,10 +89,10 @@ class MitigateConfig:
     """Neuron methods: percent of all neurons (top general) per unit of strength."""
     layers: tuple[int, ...] | None = None
     """CAFT layers (None: at 1/5 and 2/5 of the depth, 6 and 12 of 30)."""
-    directions: Literal["leaning", "pca"] = "leaning"
-    """CAFT directions: the leaning direction orthogonal to the target's own, or PCs of (vanilla − base)."""
+    directions: Literal["leaning", "pca", "flip"] = "leaning"
+    """CAFT directions: leaning (base's, orthogonal to the target's), pca (vanilla − base), flip (right − left)."""
     rank: int = 2
-    """CAFT with pca: principal components per layer."""
+    """CAFT with pca or flip: principal components per layer."""
     steer_layer: int | None = None
     """Steering layer (None: the middle one)."""
     kl_beta: float = 1.0
@@ -115,7 +121,8 @@ class Ingredients:
     base model — computed once, on first use.
 
     ``base`` returns the resident base model (never trained); ``vanilla_model`` the first seed's
-    vanilla fine-tune (PCA directions only). Copied to another process (a Ray worker), ingredients take
+    vanilla fine-tune (PCA and flip directions only), ``opposite_model`` the same toward the opposite
+    leaning (flip directions only). Copied to another process (a Ray worker), ingredients take
     their settings and what they have computed, never a model: :meth:`attach` gives them that process's base."""
 
     def __init__(
@@ -126,9 +133,10 @@ class Ingredients:
         *,
         located: Localization | None = None,
         vanilla_model: Callable[[], object] | None = None,
+        opposite_model: Callable[[], object] | None = None,
     ):
         self.settings, self.spec, self._base = settings, spec, base
-        self.located, self.vanilla_model = located, vanilla_model
+        self.located, self.vanilla_model, self.opposite_model = located, vanilla_model, opposite_model
         self._cache: dict[str, object] = {}
 
     def _get(self, key: str, make: Callable[[], object]):
@@ -137,7 +145,7 @@ class Ingredients:
         return self._cache[key]
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_base": None, "vanilla_model": None}
+        return {**self.__dict__, "_base": None, "vanilla_model": None, "opposite_model": None}
 
     def attach(self, base: Callable[[], object]) -> Ingredients:
         """Use ``base`` for the base model unless one is already given (returns self)."""
@@ -162,6 +170,18 @@ class Ingredients:
         neurons = self.located.top_general(strength * self.settings.percent)  # s = 0: no neuron
         return neurons.random_matched(seed=1000 + seed, exclude=neurons) if control else neurons
 
+    def at_layer(self, layer: int) -> Ingredients:
+        """The same ingredients acting at ``layer`` alone (one of :meth:`layers`; the layer search): the
+        directions are those computed at every layer, sliced (each layer's are computed on their own),
+        and what else is computed is shared."""
+        if layer not in self.layers():
+            raise ValueError(f"Layer {layer} is not one of these ingredients' layers {self.layers()}.")
+        directions = self.directions(0, control=False)
+        view = copy.copy(self)
+        view.settings = replace(self.settings, layers=(layer,))
+        view._cache = {**self._cache, "directions": {layer: directions[layer]}}
+        return view
+
     def layers(self) -> list[int]:
         n_layers = int(self.base.cfg.n_layers)
         return list(self.settings.layers) if self.settings.layers is not None else list(default_layers(n_layers)[:2])
@@ -172,9 +192,16 @@ class Ingredients:
             if settings.directions == "leaning":
                 return leaning_directions(self.base, spec.dataset, spec.target, self.layers(), max_items=settings.items)
             if self.vanilla_model is None:
-                raise UserError("PCA directions need the vanilla fine-tune of the first seed.")
-            return difference_pcs(
-                self.base, self.vanilla_model(), self.texts(others=True), self.layers(), settings.rank
+                raise UserError("PCA and flip directions need the vanilla fine-tune of the first seed.")
+            if settings.directions == "pca":
+                return difference_pcs(
+                    self.base, self.vanilla_model(), self.texts(others=True), self.layers(), settings.rank
+                )
+            if self.opposite_model is None:
+                raise UserError("Flip directions need the first seed's vanilla fine-tunes toward both leanings.")
+            others, own = self.texts(others=True), self.target_texts()
+            return flip_directions(
+                self.vanilla_model(), self.opposite_model(), others, own, self.layers(), settings.rank
             )
 
         directions = self._get("directions", make)
@@ -202,16 +229,24 @@ class Ingredients:
         """Other topics' training questions with both answers (KL texts), or neutral text (its control)."""
 
         def make():
-            tokenizer = self.base.tokenizer
             if not others:
-                return [p + a for p, a in neutral_pairs(tokenizer)]
-            return [
-                encode_prompt(tokenizer, i.question) + encode_text(tokenizer, i.answer(side), prompt_start=False)
-                for i in self.other_items()
-                for side in ("left", "right")
-            ]
+                return [p + a for p, a in neutral_pairs(self.base.tokenizer)]
+            return self._with_both_answers(self.other_items())
 
         return self._get(f"texts-{others}", make)
+
+    def target_texts(self) -> list[list[int]]:
+        """The target's own training questions (up to ``items``) with both answers."""
+        data, target, n = self.spec.dataset, self.spec.target, self.settings.items
+        return self._with_both_answers(list(data.select(topics=[target], split="train", max_items=n).items))
+
+    def _with_both_answers(self, items: list) -> list[list[int]]:
+        tokenizer = self.base.tokenizer
+        return [
+            encode_prompt(tokenizer, i.question) + encode_text(tokenizer, i.answer(side), prompt_start=False)
+            for i in items
+            for side in ("left", "right")
+        ]
 
     def replay_examples(self, *, others: bool) -> list[tuple[list[int], int]]:
         """The base model's own greedy answers to the other topics' training questions (``others``), or

@@ -9,9 +9,10 @@ method, other settings it reads (its units, the general neurons) are refused, na
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from polineurons.config import RunConfig, trial_spec
@@ -28,7 +29,15 @@ from polineurons.study import Study
 from polineurons.trial import Trial, TrialRequest, TrialSpec
 from polineurons.versions import library_versions
 
-__all__ = ["Arm", "MitigateConfig", "league_text", "mitigate_folder", "plan_arms", "run_mitigation"]
+__all__ = [
+    "Arm",
+    "MitigateConfig",
+    "comparison_ingredients",
+    "league_text",
+    "mitigate_folder",
+    "plan_arms",
+    "run_mitigation",
+]
 
 
 def plan_arms(config: MitigateConfig, seeds: Sequence[int]) -> list[Arm]:
@@ -69,7 +78,7 @@ def method_settings(name: str, config: MitigateConfig, neurons: str | None, dire
     if chosen.neurons:
         made["neurons"] = neurons
         made["neuron_control"] = "disjoint"  # controls drawn outside the chosen neurons (older trials: not)
-    if "directions" in chosen.uses and config.directions == "pca":
+    if "directions" in chosen.uses and config.directions in ("pca", "flip"):
         made["directions_seed"] = directions_seed
     return as_stored(made)
 
@@ -114,6 +123,25 @@ def folder_arms(study: Study, spec: TrialSpec) -> list[tuple[Arm, Trial]]:
     return found
 
 
+def comparison_ingredients(
+    study: Study, spec: TrialSpec, config: MitigateConfig, located: Localization | None = None
+) -> Ingredients:
+    """The ingredients of ``spec``'s comparison in ``study``: its resident base model and, for PCA and
+    flip directions, the vanilla fine-tunes of the first seed (``spec.finetune.seed``) they are read
+    from, trained (and kept in the folder) when first needed."""
+
+    def vanilla_model(leaning: str = spec.leaning):
+        # Toward the other leaning (flip directions), its settings differ in the leaning: it never
+        # joins the comparison's trials.
+        leaned = replace(spec, leaning=leaning)
+        study.trial(leaned, seed=spec.finetune.seed, keep_model=True)
+        return study.load(study.model_path(study.trial_settings(leaned, spec.finetune.seed)))
+
+    opposite = functools.partial(vanilla_model, "left" if spec.leaning == "right" else "right")
+    base = functools.partial(study.base_model, spec.model)
+    return Ingredients(config, spec, base, located=located, vanilla_model=vanilla_model, opposite_model=opposite)
+
+
 def run_mitigation(
     study: Study,
     spec: TrialSpec,
@@ -126,7 +154,8 @@ def run_mitigation(
     """Train and score every arm of :func:`plan_arms` that ``study`` lacks, then write
     ``mitigation.json`` over every mitigation trial the folder holds (returned). ``located`` gives the
     general neurons of the neuron methods; PCA directions come from the vanilla fine-tune of
-    ``spec.finetune.seed``. ``replace_settings``: this call's settings replace the folder's (a plan that
+    ``spec.finetune.seed`` (flip directions: from it and the same toward the other leaning).
+    ``replace_settings``: this call's settings replace the folder's (a plan that
     recomputes its mitigations), instead of being refused when they differ.
 
     Example::
@@ -141,20 +170,14 @@ def run_mitigation(
         names = ", ".join(m for m in config.methods if method(m).neurons)
         raise UserError(f"{names} need general neurons: give a `polineurons localize` folder (--neurons).")
     neurons = neurons_fingerprint(located)
-    replace = {"replace": replace_settings}
-    study.guard("mitigate", shared_settings(study, spec), **replace)
+    replacing = {"replace": replace_settings}
+    study.guard("mitigate", shared_settings(study, spec), **replacing)
     settings = {name: method_settings(name, config, neurons, spec.finetune.seed) for name in config.methods}
     for name, made in settings.items():
-        study.guard(f"mitigate/{name}", made, **replace)
+        study.guard(f"mitigate/{name}", made, **replacing)
     base = study.base_scores(spec)
 
-    def vanilla_model():  # PCA directions: the vanilla fine-tune of the first seed, kept in the folder
-        study.trial(spec, seed=spec.finetune.seed, keep_model=True)
-        folder = study.model_path(study.trial_settings(spec, spec.finetune.seed))
-        return study.load(folder)
-
-    base_model = lambda: study.base_model(spec.model)  # noqa: E731
-    ingredients = Ingredients(config, spec, base_model, located=located, vanilla_model=vanilla_model)
+    ingredients = comparison_ingredients(study, spec, config, located)
     requests = [
         TrialRequest(spec, arm.seed)
         if arm.method == "vanilla"

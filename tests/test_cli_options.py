@@ -115,6 +115,11 @@ def invocations(tmp: Path) -> dict[str, list[list]]:
             ["mitigate", *sweep, "--out", tmp / "m", "--neurons", loc, *lora, *methods, "--mitigate.strengths", 1.0]
             + ["--mitigate.directions", "pca"]
         ],
+        "layers": [
+            ["layers", *sweep, "--out", tmp / "ls", *lora, "--mitigate.directions", "flip", "--mitigate.rank", 1]
+            + ["--search.layers", 0, 2, "--search.steps", 1, "--search.pick", 1],
+            ["layers", *sweep, "--out", tmp / "ls", *lora, "--search.method", "caft-grad", "--search.every", 2],
+        ],
         "matrix": [["matrix", *sweep, *lora, "--out", tmp / "mx", "--targets", "race", "--leanings", "right"]],
         "report": [["report", run]],
     }

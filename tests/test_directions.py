@@ -1,11 +1,14 @@
 """The mitigations' residual directions on a tiny model: the leaning direction is a unit vector with no
-component along the target topic's own direction, and PCA of (fine-tuned − base) finds a planted change."""
+component along the target topic's own direction, PCA of (fine-tuned − base) finds a planted change,
+and the flip directions are orthonormal, blind to which fine-tune is which, and orthogonal to the
+target's own flip."""
 
+import pytest
 import torch
 
 from polineurons import load_model
 from polineurons.data import encode_prompt, load_data
-from polineurons.directions import difference_pcs, leaning_directions
+from polineurons.directions import difference_pcs, flip_directions, leaning_directions, orthogonal_complement
 from polineurons.screening import answer_direction
 
 
@@ -40,3 +43,40 @@ def test_difference_pcs_find_a_planted_rank_one_change(tiny_cache):
     assert pcs.shape == (base.cfg.d_model, 2)
     torch.testing.assert_close(pcs.T @ pcs, torch.eye(2), atol=1e-5, rtol=0)
     assert abs(float(pcs[:, 0] @ u)) > 0.999
+
+
+def test_orthogonal_complement_is_orthonormal_orthogonal_and_within_both_spans():
+    generator = torch.Generator().manual_seed(0)
+    against, _ = torch.linalg.qr(torch.randn(16, 2, generator=generator))
+    basis = torch.randn(16, 3, generator=generator)
+    rest = orthogonal_complement(basis, against)
+    torch.testing.assert_close(rest.T @ rest, torch.eye(3), atol=1e-5, rtol=0)
+    assert float((against.T @ rest).abs().max()) < 1e-5
+    both = torch.cat([basis, against], dim=1)  # rest lies in span(basis, against): projecting onto it keeps it
+    inside = both @ torch.linalg.lstsq(both, rest).solution
+    torch.testing.assert_close(inside, rest, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="nothing is left"):
+        orthogonal_complement(against[:, :1] * 3.0, against)
+
+
+def test_flip_directions_are_orthogonal_to_the_targets_own_flip_and_blind_to_which_model_is_which(tiny_cache):
+    """Two tiny models changed differently stand for the left- and right-leaning fine-tunes."""
+    one = load_model("tiny-llama", device="cpu", cache=tiny_cache)
+    other = load_model("tiny-llama", device="cpu", cache=tiny_cache)
+    with torch.no_grad():
+        for p in other.blocks[1].mlp.parameters():
+            p += 0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()))
+    data = load_data()
+    texts = {
+        name: [encode_prompt(one.tokenizer, i.question) for i in data.select(topics=topics, split="train").items[:4]]
+        for name, topics in (("others", ["science", "economy_and_inequality"]), ("own", ["race"]))
+    }
+    flips = flip_directions(one, other, texts["others"], texts["own"], [1, 2], 2)
+    swapped = flip_directions(other, one, texts["others"], texts["own"], [1, 2], 2)
+    own = difference_pcs(one, other, texts["own"], [1, 2], 2)
+    for layer in (1, 2):
+        q = flips[layer]
+        assert q.shape == (one.cfg.d_model, 2)
+        torch.testing.assert_close(q.T @ q, torch.eye(2), atol=1e-5, rtol=0)
+        assert float((own[layer].T @ q).abs().max()) < 1e-5
+        torch.testing.assert_close(q @ q.T, swapped[layer] @ swapped[layer].T, atol=1e-4, rtol=0)  # same span

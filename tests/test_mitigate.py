@@ -15,7 +15,7 @@ from polineurons import load_model
 from polineurons.batching import pad_id_of
 from polineurons.data import encode_prompt, encode_text, load_data
 from polineurons.data.loaders import load_neutral
-from polineurons.directions import random_like, random_subspace, random_vector
+from polineurons.directions import flip_directions, random_like, random_subspace, random_vector
 from polineurons.errors import RunError, UserError
 from polineurons.frontier import compare_runs
 from polineurons.hooks import AblateDirections, Combined, SteerResidual, StopGradNeurons, record_residual
@@ -358,6 +358,52 @@ def test_compare_runs_ratios_and_pooling():
     assert left["target_shift"].value == pytest.approx(-0.5) and left["target_kept"].value == pytest.approx(0.5)
     twice = compare_runs(base, [vanilla, vanilla], [treated, vanilla], "a", "right", n_boot=50)
     assert twice["target_kept"].value == pytest.approx(0.75)  # pooled: mean target shifts over seeds
+
+
+def test_flip_directions_come_from_both_leanings_fine_tunes_and_train_like_any_caft(tiny_cache, pairs, vanilla):
+    """The ingredients hand the two vanilla fine-tunes and the texts to flip_directions; CAFT with them
+    is vanilla at strength 0, changes training at 1, and its control has the same rank."""
+
+    def tuned(leaning):
+        model = load_model("tiny-llama", device="cpu", cache=tiny_cache)
+        finetune(model, training_pairs(load_data(), "race", leaning)[:8], FAST, progress=False)
+        return model
+
+    right, left = tuned("right"), tuned("left")
+    spec = TrialSpec(load_data(), "race", "right", FAST, StanceConfig(max_items=1), model="tiny-llama")
+    config = MitigateConfig(layers=(1, 2), directions="flip", rank=2, items=2)
+    base = functools.cache(lambda: load_model("tiny-llama", device="cpu", cache=tiny_cache))
+    ing = Ingredients(config, spec, base, vanilla_model=lambda: right, opposite_model=lambda: left)
+    caft, control = METHODS["caft"].build(ing, 1.0, 0, False), METHODS["caft"].build(ing, 1.0, 0, True)
+    own = ing.target_texts()
+    assert own and all(t not in ing.texts(others=True) for t in own)
+    expected = flip_directions(right, left, ing.texts(others=True), own, [1, 2], 2)
+    for layer in (1, 2):
+        assert torch.equal(caft.directions[layer], expected[layer])
+        assert control.directions[layer].shape == (right.cfg.d_model, 2)
+    for strength in (0.0, 1.0):
+        treated = load_model("tiny-llama", device="cpu", cache=tiny_cache)
+        finetune(treated, pairs, FAST, intervention=METHODS["caft"].build(ing, strength, 0, False), progress=False)
+        same = all(torch.equal(p, q) for p, q in zip(vanilla, weights(treated), strict=True))
+        assert same == (strength == 0.0)
+    with pytest.raises(UserError, match="both leanings"):
+        Ingredients(config, spec, base, vanilla_model=lambda: right).directions(0, False)
+
+
+def test_flip_directions_train_the_other_leaning_once_and_keep_it_out_of_the_comparison(tiny_env, tmp_path):
+    config = MitigateConfig(methods=("caft",), strengths=(1.0,), layers=(1,), directions="flip", rank=1, items=2)
+    out, _ = _mitigate(tmp_path, config)
+    names = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "trials").glob("*.json"))
+    expected = ["left-vanilla", "right-caft-control-s1", "right-caft-s1", "right-vanilla"]
+    assert names == [f"race-{name}-seed0" for name in expected]
+    assert len(list((tmp_path / "models").iterdir())) == 2  # both vanilla fine-tunes kept
+    assert (
+        out["seeds"] == [0]
+        and len(out["vanilla"]["runs"]) == 1
+        and [r["strength"] for r in out["frontier"]["caft"]] == [1.0]
+    )
+    _, messages = _mitigate(tmp_path, config)
+    assert all(m.endswith("stored") for m in messages)
 
 
 def test_the_registry_refuses_unknown_methods_and_zero_strengths():
