@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -135,8 +135,8 @@ class SearchOptions(MitigateOptions):
 def narrowed(options: type[Options], config: RunConfig) -> Options:
     """``config`` as the options type of a command that reads part of it."""
     values = {f.name: getattr(config, f.name) for f in fields(RunConfig)}
-    if options is SearchOptions:  # its mitigation settings are of their own (narrowed) type
-        values["mitigate"] = DirectionOptions(
-            **{f.name: getattr(config.mitigate, f.name) for f in fields(MitigateConfig)}
-        )
+    for f in fields(options):  # a section narrowed to a subclass of its own (SearchOptions.mitigate)
+        section, narrow = values[f.name], type(f.default)
+        if is_dataclass(section) and narrow is not type(section) and issubclass(narrow, type(section)):
+            values[f.name] = narrow(**{g.name: getattr(section, g.name) for g in fields(section)})
     return options(**values)

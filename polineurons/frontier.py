@@ -46,7 +46,8 @@ class Arm:
         return f"{self.label}-seed{self.seed}"
 
 
-def _flat(estimates: Mapping[str, Estimate]) -> dict:
+def flat_estimates(estimates: Mapping[str, Estimate]) -> dict:
+    """``{key: value, key_ci_low: ..., key_ci_high: ...}`` of named estimates (a JSON row)."""
     row = {}
     for key, e in estimates.items():
         row.update({key: e.value, f"{key}_ci_low": e.ci_low, f"{key}_ci_high": e.ci_high})
@@ -122,7 +123,7 @@ def _group_frontier(base, vanilla, treated, controls, seeds, target, leaning, *,
     runs_count = 1 + n + c
 
     def estimates(run: int) -> dict:
-        return _flat(
+        return flat_estimates(
             {k: Estimate(*(float(a[i * runs_count + run]) for a in (point, low, high))) for i, k in enumerate(KEYS)}
         )
 
@@ -216,7 +217,7 @@ def summarize(
 
     def headline(results: list[StanceResult], base_stance: StanceResult) -> dict:  # vanilla: its own shifts
         estimates = compare_runs(base_stance, results, results, target, leaning, n_boot=n_boot)
-        return _flat({k: v for k, v in estimates.items() if k in KEYS[:3]})
+        return flat_estimates({k: v for k, v in estimates.items() if k in KEYS[:3]})
 
     def ppl(trial: Trial) -> float:
         return perplexity_change(base.neutral_logprob, trial)
@@ -243,10 +244,12 @@ def summarize(
     for arm in treated:
         control = trials.get(Arm(arm.method, arm.strength, arm.seed, control=True))
         row = {"strength": arm.strength, "seed": arm.seed, "perplexity_change": ppl(trials[arm])}
-        row.update(_flat(compare_runs(base.stance, [vanilla[arm.seed].stance], [trials[arm].stance], target, leaning)))
+        row.update(
+            flat_estimates(compare_runs(base.stance, [vanilla[arm.seed].stance], [trials[arm].stance], target, leaning))
+        )
         if control is not None:
             compared = compare_runs(base.stance, [vanilla[arm.seed].stance], [control.stance], target, leaning)
-            row["control"] = {**_flat(compared), "perplexity_change": ppl(control)}
+            row["control"] = {**flat_estimates(compared), "perplexity_change": ppl(control)}
         result["methods"].setdefault(arm.method, []).append(row)
 
     def method_frontier(method: str, pick, base_stance: StanceResult) -> tuple[list[dict], dict]:
@@ -299,7 +302,7 @@ def league_text(result: dict) -> str:
     lines += ["", f"{'method':<16}{'strength':>9}{'seeds':>7}{'target kept':>24}{'CTG reduction':>24}{'control':>24}"]
     for method, rows in result["frontier"].items():
         for row in rows:
-            kept, reduction = _row_interval(row, "target_kept"), _row_interval(row, "ctg_reduction")
+            kept, reduction = row_interval(row, "target_kept"), row_interval(row, "ctg_reduction")
             control = row.get("control")
             versus = f"kept {control['target_kept']:.2f}, {control['ctg_reduction']:+.2f}" if control else "—"
             lines.append(
@@ -308,7 +311,8 @@ def league_text(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _row_interval(row: Mapping[str, float], key: str) -> str:
+def row_interval(row: Mapping[str, float], key: str) -> str:
+    """A row's ``key`` with its CI, as ``+0.12 [+0.03, +0.20]``."""
     return _interval({"value": row[key], "ci_low": row[f"{key}_ci_low"], "ci_high": row[f"{key}_ci_high"]})
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from polineurons.config import RunConfig, trial_spec
-from polineurons.frontier import Arm, compare_runs, perplexity_change
+from polineurons.frontier import Arm, compare_runs, flat_estimates, perplexity_change, row_interval
 from polineurons.io import write_json
 from polineurons.launch import LaunchConfig
 from polineurons.methods import MitigateConfig
@@ -97,8 +97,7 @@ def run_layer_search(
         estimates = compare_runs(base.stance, [vanilla.stance], [trial.stance], spec.target, spec.leaning)
         kept, reduction = estimates["target_kept"], estimates["ctg_reduction"]
         row = {"layer": layer, "net": reduction.value - (1 - kept.value)}
-        for key, e in (("target_kept", kept), ("ctg_reduction", reduction)):
-            row.update({key: e.value, f"{key}_ci_low": e.ci_low, f"{key}_ci_high": e.ci_high})
+        row |= flat_estimates({"target_kept": kept, "ctg_reduction": reduction})
         rows.append({**row, "perplexity_change": perplexity_change(base.neutral_logprob, trial)})
     ranked = sorted((r for r in rows if r["net"] == r["net"]), key=lambda r: -r["net"])  # NaN: not ranked
     van = compare_runs(base.stance, [vanilla.stance], [vanilla.stance], spec.target, spec.leaning)
@@ -128,10 +127,7 @@ def layer_search_text(result: dict) -> str:
         f"{'layer':>6}{'target kept':>24}{'CTG reduction':>24}{'net':>8}{'perplexity':>12}",
     ]
     for row in sorted(result["layers"], key=lambda r: -r["net"] if r["net"] == r["net"] else float("inf")):
-        kept, cut = (
-            f"{row[k]:+.2f} [{row[f'{k}_ci_low']:+.2f}, {row[f'{k}_ci_high']:+.2f}]"
-            for k in ("target_kept", "ctg_reduction")
-        )
+        kept, cut = row_interval(row, "target_kept"), row_interval(row, "ctg_reduction")
         lines.append(f"{row['layer']:>6}{kept:>24}{cut:>24}{row['net']:>+8.2f}{row['perplexity_change']:>+12.1%}")
     lines.append(f"recommended: --mitigate.layers {' '.join(map(str, result['recommended']))}")
     return "\n".join(lines)
