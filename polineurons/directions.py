@@ -6,9 +6,10 @@
   projected out, so that ablating it spares the target shift. Unit vectors.
 - :func:`difference_pcs`: the top principal components of (fine-tuned − base) residual activations
   on some sequences (CAFT's choice of directions).
-- :func:`flip_directions`: what flips with the leaning — the top principal components of (right-leaning
-  − left-leaning fine-tune) on the other topics' texts, with the same measured on the target's own texts
-  projected out.
+- :func:`spill_directions`: what differs between two models on the other topics' texts and not on the
+  target's: the top principal components of their residual difference there, with the same measured on
+  the target's own texts projected out. CAFT's ``flip`` directions (a right- and a left-leaning
+  fine-tune: what flips with the leaning) and ``pca`` directions (the vanilla fine-tune and the base).
 - :func:`random_subspace` and :func:`random_like`: controls with the same rank, or the same norm.
 - :func:`neuron_direction_cosines`: how well a neuron set's output weights line up with a direction.
 """
@@ -77,7 +78,7 @@ def difference_pcs(
     return {layer: torch.linalg.eigh(gram).eigenvectors[:, -k:].flip(-1).float() for layer, gram in grams.items()}
 
 
-def flip_directions(
+def spill_directions(
     one,
     other,
     others: Sequence[Sequence[int]],
@@ -88,9 +89,10 @@ def flip_directions(
     batch_size: int = 8,
 ) -> Directions:
     """``layer -> [d_model, k]`` orthonormal: the top-k principal components of the residual difference
-    between two fine-tunes of the same base toward opposite leanings (``one``, ``other``; which is which
-    only flips signs) on the other topics' texts ``others``, with the top-k of the same difference on the
-    target's own texts ``own`` projected out: what the leaning moves on other topics and not on the target."""
+    between two models of the same architecture (``one``, ``other``; which is which only flips signs) on
+    the other topics' texts ``others``, with the top-k of the same difference on the target's own texts
+    ``own`` projected out: what differs on the other topics and not on the target. Flip directions: two
+    fine-tunes toward opposite leanings; PCA directions: a fine-tune and its base."""
     spill = difference_pcs(one, other, others, layers, k, batch_size=batch_size)
     target = difference_pcs(one, other, own, layers, k, batch_size=batch_size)
     return {layer: orthogonal_complement(spill[layer], target[layer]) for layer in layers}

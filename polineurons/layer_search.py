@@ -19,7 +19,7 @@ from polineurons.config import RunConfig, trial_spec
 from polineurons.frontier import Arm, compare_runs, flat_estimates, perplexity_change, row_interval
 from polineurons.io import write_json
 from polineurons.launch import LaunchConfig
-from polineurons.methods import MitigateConfig
+from polineurons.methods import MitigateConfig, directions_of
 from polineurons.mitigate import ArmIntervention, comparison_ingredients, method_settings, recipe
 from polineurons.study import Study
 from polineurons.trial import TrialRequest, TrialSpec
@@ -27,7 +27,7 @@ from polineurons.versions import library_versions
 
 __all__ = ["LayerSearchConfig", "layer_search_text", "run_layer_search", "search_layers_folder"]
 
-SearchedMethod = Literal["caft", "caft-grad"]
+SearchedMethod = Literal["caft", "caft-grad", "caft-flip"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class LayerSearchConfig:
     """The layer search: which direction method, at which strength, over which layers, how long."""
 
     method: SearchedMethod = "caft"
-    """The direction method searched (its directions are set by the --mitigate options)."""
+    """The direction method searched (caft, caft-grad: directions from --mitigate.directions; caft-flip: flip)."""
     strength: float = 0.1
     """Its strength in every short fine-tune (acting at one layer)."""
     layers: tuple[int, ...] = ()
@@ -68,9 +68,9 @@ def run_layer_search(
     ``config.strength`` at each candidate layer alone), score it against the short vanilla and write
     ``layer_search.json`` (returned): per layer the target kept and CTG reduction with 95% CIs, the
     neutral-text perplexity change and the net (CTG reduction − target lost, both as shares of the
-    vanilla's), and the ``recommended`` layers, the ``pick`` best by net. Directions (``mitigate``'s
-    settings) are computed once, at every candidate, from the full-length vanilla fine-tunes when they
-    need any (PCA, flip).
+    vanilla's; a target raised above vanilla's counts as none lost), and the ``recommended`` layers, the
+    ``pick`` best by net. Directions (``mitigate``'s settings) are computed once, at every candidate, from
+    the full-length vanilla fine-tunes when they need any (PCA, flip).
 
     Example::
 
@@ -88,7 +88,7 @@ def run_layer_search(
     requests = [TrialRequest(short, seed)]
     for layer in candidates:
         settings = method_settings(config.method, replace(mitigate, layers=(layer,)), None, seed)
-        view = ingredients.at_layer(layer)
+        view = ingredients.at_layer(layer, directions_of(config.method, mitigate))
         requests.append(TrialRequest(short, seed, recipe(arm, settings), ArmIntervention(view, arm)))
     vanilla, *treated = study.run_trials(requests)
     base = study.base_scores(short)
@@ -96,7 +96,7 @@ def run_layer_search(
     for layer, trial in zip(candidates, treated, strict=True):
         estimates = compare_runs(base.stance, [vanilla.stance], [trial.stance], spec.target, spec.leaning)
         kept, reduction = estimates["target_kept"], estimates["ctg_reduction"]
-        row = {"layer": layer, "net": reduction.value - (1 - kept.value)}
+        row = {"layer": layer, "net": reduction.value - max(0.0, 1 - kept.value)}  # a raised target is no gain
         row |= flat_estimates({"target_kept": kept, "ctg_reduction": reduction})
         rows.append({**row, "perplexity_change": perplexity_change(base.neutral_logprob, trial)})
     ranked = sorted((r for r in rows if r["net"] == r["net"]), key=lambda r: -r["net"])  # NaN: not ranked

@@ -12,6 +12,8 @@ stopgrad        forward unchanged, no gradient through those neurons   layer-mat
 caft            ablate leaning directions from the residual stream:    random subspace, same rank
                 h − s·(h·Q)Qᵀ at the chosen layers (CAFT)              and layers
 caft-grad       the same, gradient only (forward unchanged)            random subspace
+caft-flip       caft with flip directions, whatever ``directions``     random subspace, same rank
+                says (so one folder holds both curves)                 and layers
 steer           add s·v at one middle layer (preventative steering),   random vector, same norm
                 v = the leaning's mean answer difference
 kl              loss += s·β·KL(p_θ ‖ p_base) on the other topics'      the same on neutral text
@@ -24,8 +26,9 @@ caft+steer      caft at 0.1·s and steer at 1.5·s together              both co
 
 CAFT's directions (``directions``): ``leaning``, the base model's right − left answer direction on the
 other topics, orthogonal to the target's own; ``pca``, the top PCs of (vanilla − base) on the other
-topics' texts; ``flip``, the top PCs of (right − left vanilla fine-tune) there, the same on the target's
-texts projected out (:mod:`polineurons.directions`). Where they act (``layers``): :mod:`polineurons.layer_search`.
+topics' texts; ``flip``, the top PCs of (right − left vanilla fine-tune) there; pca and flip with the
+same measured on the target's texts projected out (:func:`polineurons.directions.spill_directions`).
+Where they act (``layers``): :mod:`polineurons.layer_search`.
 
 Each method's default strengths span roughly 80–100% of the target kept at the quick settings (16
 steps at lr 1e-4) on the embedded model: ``caft`` and ``steer`` from their curves measured there (3 seeds
@@ -49,7 +52,7 @@ import torch
 
 from polineurons.data.loaders import load_neutral
 from polineurons.data.prompts import encode_prompt, encode_text
-from polineurons.directions import difference_pcs, flip_directions, leaning_directions, random_like, random_vector
+from polineurons.directions import leaning_directions, random_like, random_vector, spill_directions
 from polineurons.errors import UserError
 from polineurons.generalization import leaning_sign
 from polineurons.hooks import (
@@ -69,8 +72,19 @@ from polineurons.stance import neutral_pairs
 from polineurons.trial import TrialSpec
 
 MethodName = Literal[
-    "inhibit-zero", "inhibit-freeze", "stopgrad", "caft", "caft-grad", "steer", "kl", "replay", "caft+kl", "caft+steer"
+    "inhibit-zero",
+    "inhibit-freeze",
+    "stopgrad",
+    "caft",
+    "caft-grad",
+    "caft-flip",
+    "steer",
+    "kl",
+    "replay",
+    "caft+kl",
+    "caft+steer",
 ]
+Directions = Literal["leaning", "pca", "flip"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +103,7 @@ class MitigateConfig:
     """Neuron methods: percent of all neurons (top general) per unit of strength."""
     layers: tuple[int, ...] | None = None
     """CAFT layers (None: at 1/5 and 2/5 of the depth, 6 and 12 of 30)."""
-    directions: Literal["leaning", "pca", "flip"] = "leaning"
+    directions: Directions = "leaning"
     """CAFT directions: leaning (base's, orthogonal to the target's), pca (vanilla − base), flip (right − left)."""
     rank: int = 2
     """CAFT with pca or flip: principal components per layer."""
@@ -170,41 +184,43 @@ class Ingredients:
         neurons = self.located.top_general(strength * self.settings.percent)  # s = 0: no neuron
         return neurons.random_matched(seed=1000 + seed, exclude=neurons) if control else neurons
 
-    def at_layer(self, layer: int) -> Ingredients:
+    def at_layer(self, layer: int, kind: Directions | None = None) -> Ingredients:
         """The same ingredients acting at ``layer`` alone (one of :meth:`layers`; the layer search): the
-        directions are those computed at every layer, sliced (each layer's are computed on their own),
-        and what else is computed is shared."""
+        directions of ``kind`` (default: ``settings.directions``) are those computed at every layer,
+        sliced (each layer's are computed on their own); what else is computed is shared."""
         if layer not in self.layers():
             raise ValueError(f"Layer {layer} is not one of these ingredients' layers {self.layers()}.")
-        directions = self.directions(0, control=False)
+        kind = kind or self.settings.directions
+        directions = self.directions(0, control=False, kind=kind)
         view = copy.copy(self)
         view.settings = replace(self.settings, layers=(layer,))
-        view._cache = {**self._cache, "directions": {layer: directions[layer]}}
+        kept = {key: value for key, value in self._cache.items() if not key.startswith("directions-")}
+        view._cache = {**kept, f"directions-{kind}": {layer: directions[layer]}}
         return view
 
     def layers(self) -> list[int]:
         n_layers = int(self.base.cfg.n_layers)
         return list(self.settings.layers) if self.settings.layers is not None else list(default_layers(n_layers)[:2])
 
-    def directions(self, seed: int, control: bool):
+    def directions(self, seed: int, control: bool, kind: Directions | None = None):
+        """Orthonormal directions per layer of ``kind`` (default: ``settings.directions``), or (control)
+        a random subspace of the same rank at the same layers."""
+        kind = kind or self.settings.directions
+
         def make():
             settings, spec = self.settings, self.spec
-            if settings.directions == "leaning":
+            if kind == "leaning":
                 return leaning_directions(self.base, spec.dataset, spec.target, self.layers(), max_items=settings.items)
             if self.vanilla_model is None:
                 raise UserError("PCA and flip directions need the vanilla fine-tune of the first seed.")
-            if settings.directions == "pca":
-                return difference_pcs(
-                    self.base, self.vanilla_model(), self.texts(others=True), self.layers(), settings.rank
-                )
-            if self.opposite_model is None:
+            if kind == "flip" and self.opposite_model is None:
                 raise UserError("Flip directions need the first seed's vanilla fine-tunes toward both leanings.")
+            # pca: what the fine-tune moved; flip: what the leaning flips — on other topics, not the target
+            reference = self.base if kind == "pca" else self.opposite_model()
             others, own = self.texts(others=True), self.target_texts()
-            return flip_directions(
-                self.vanilla_model(), self.opposite_model(), others, own, self.layers(), settings.rank
-            )
+            return spill_directions(self.vanilla_model(), reference, others, own, self.layers(), settings.rank)
 
-        directions = self._get("directions", make)
+        directions = self._get(f"directions-{kind}", make)
         return random_like(directions, seed=1000 + seed) if control else directions
 
     def steering(self, seed: int, control: bool) -> tuple[int, torch.Tensor]:
@@ -272,8 +288,11 @@ def _inhibit(kind: Callable) -> Callable:
     return lambda ing, s, seed, control: kind(ing.general_neurons(s, seed, control))
 
 
-def _caft(gradient_only: bool) -> Callable:
-    return lambda ing, s, seed, control: AblateDirections(ing.directions(seed, control), s, gradient_only=gradient_only)
+def _caft(gradient_only: bool, kind: Directions | None = None) -> Callable:
+    def build(ing: Ingredients, s: float, seed: int, control: bool) -> Intervention:
+        return AblateDirections(ing.directions(seed, control, kind), s, gradient_only=gradient_only)
+
+    return build
 
 
 def _steer(ing: Ingredients, s: float, seed: int, control: bool) -> Intervention:
@@ -309,6 +328,7 @@ class Method:
     strengths: tuple[float, ...]
     uses: tuple[str, ...]
     neurons: bool = False  # needs general neurons (their fingerprint is part of the recipe)
+    directions: Directions | None = None  # the directions it always ablates (None: ``directions``, if it uses it)
 
 
 _DIRECTIONS = ("layers", "directions", "rank", "items")
@@ -320,6 +340,7 @@ METHODS: dict[str, Method] = {
         Method("stopgrad", _inhibit(StopGradNeurons), (1.0, 2.0, 4.0), ("percent",), True),
         Method("caft", _caft(False), (0.025, 0.05, 0.075, 0.1), _DIRECTIONS),
         Method("caft-grad", _caft(True), (0.25, 0.5, 1.0), _DIRECTIONS),
+        Method("caft-flip", _caft(False, "flip"), (0.1, 0.25, 0.5), ("layers", "rank", "items"), directions="flip"),
         Method("steer", _steer, (0.5, 1.0, 1.5), ("steer_layer", "items")),
         Method("kl", _kl, (0.05, 0.1, 0.25), ("kl_beta", "items")),
         Method("replay", _replay, (0.1, 0.25, 0.5), ("replay_tokens", "items")),
@@ -334,6 +355,12 @@ def method(name: str) -> Method:
     if name not in METHODS:
         raise UserError(f"Unknown mitigation method '{name}': use {', '.join(METHODS)}.")
     return METHODS[name]
+
+
+def directions_of(name: str, config: MitigateConfig) -> Directions | None:
+    """Which directions method ``name`` ablates under ``config`` (None: it ablates none)."""
+    chosen = method(name)
+    return chosen.directions or (config.directions if "directions" in chosen.uses else None)
 
 
 def neurons_fingerprint(located: Localization | None) -> str | None:

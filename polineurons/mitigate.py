@@ -21,7 +21,7 @@ from polineurons.frontier import Arm, league_text, summarize
 from polineurons.hooks import Intervention
 from polineurons.io import write_json
 from polineurons.launch import LaunchConfig
-from polineurons.methods import Ingredients, MitigateConfig, method, neurons_fingerprint
+from polineurons.methods import Ingredients, MitigateConfig, directions_of, method, neurons_fingerprint
 from polineurons.pnlac import Localization
 from polineurons.report import write_pages
 from polineurons.settings import as_stored
@@ -78,8 +78,11 @@ def method_settings(name: str, config: MitigateConfig, neurons: str | None, dire
     if chosen.neurons:
         made["neurons"] = neurons
         made["neuron_control"] = "disjoint"  # controls drawn outside the chosen neurons (older trials: not)
-    if "directions" in chosen.uses and config.directions in ("pca", "flip"):
+    kind = directions_of(name, config)
+    if kind in ("pca", "flip"):
         made["directions_seed"] = directions_seed
+    if kind == "pca":
+        made["target_pcs"] = "projected out"  # older pca trials kept the target's own PCs
     return as_stored(made)
 
 

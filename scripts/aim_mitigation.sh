@@ -4,7 +4,8 @@
 #   1. the layer search for CAFT (leaning directions, every layer, one seed);
 #   2. frontiers over SEEDS seeds, each method at its own default strengths plus stronger ones: CAFT with
 #      the leaning direction at the default layers and at the searched ones, with flip directions
-#      (rank 1, 2, 4) and PCA directions (rank 1, 2, 4); caft-grad, steer, kl, replay, caft+kl, caft+steer;
+#      (rank 1: caft-flip, beside the leaning's in one folder and chart; rank 2, 4) and PCA directions
+#      (rank 1, 2, 4); caft-grad, steer, kl, replay, caft+kl, caft+steer;
 #   3. the best reading at 90% kept (method and folder) again on a second target and on the left leaning,
 #      at its strength there, halved and doubled.
 # Sized for a GPU (each quick-preset trial takes seconds on one H200; about 300 trials); resumable: rerun
@@ -34,10 +35,13 @@ searched=$($py -c 'import json, sys; print(*json.load(open(sys.argv[1]))["recomm
 step leaning $pn mitigate --out "$out/leaning" "${common[@]}" "${seeds[@]}" "${caft[@]}"
 step others $pn mitigate --out "$out/leaning" "${common[@]}" "${seeds[@]}" \
   --mitigate.methods caft-grad steer kl replay caft+kl caft+steer
+step flip-r1 $pn mitigate --out "$out/leaning" "${common[@]}" "${seeds[@]}" --mitigate.methods caft-flip \
+  --mitigate.rank 1 --mitigate.strengths 0.05 0.1 0.15 0.25 0.5 1
 # shellcheck disable=SC2086  # the searched layers are words
 step searched $pn mitigate --out "$out/searched" "${common[@]}" "${seeds[@]}" "${caft[@]}" --mitigate.layers $searched
 for kind in flip pca; do
   for rank in 1 2 4; do
+    [[ $kind-$rank == flip-1 ]] && continue  # caft-flip in the leaning folder
     step "$kind-r$rank" $pn mitigate --out "$out/$kind-r$rank" "${common[@]}" "${seeds[@]}" "${caft[@]}" \
       --mitigate.directions "$kind" --mitigate.rank "$rank"
   done

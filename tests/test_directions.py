@@ -1,14 +1,14 @@
 """The mitigations' residual directions on a tiny model: the leaning direction is a unit vector with no
 component along the target topic's own direction, PCA of (fine-tuned − base) finds a planted change,
-and the flip directions are orthonormal, blind to which fine-tune is which, and orthogonal to the
-target's own flip."""
+and the spill directions (flip, pca) are orthonormal, blind to which model is which, and orthogonal to
+the same difference on the target's own texts."""
 
 import pytest
 import torch
 
 from polineurons import load_model
 from polineurons.data import encode_prompt, load_data
-from polineurons.directions import difference_pcs, flip_directions, leaning_directions, orthogonal_complement
+from polineurons.directions import difference_pcs, leaning_directions, orthogonal_complement, spill_directions
 from polineurons.screening import answer_direction
 
 
@@ -59,7 +59,7 @@ def test_orthogonal_complement_is_orthonormal_orthogonal_and_within_both_spans()
         orthogonal_complement(against[:, :1] * 3.0, against)
 
 
-def test_flip_directions_are_orthogonal_to_the_targets_own_flip_and_blind_to_which_model_is_which(tiny_cache):
+def test_spill_directions_are_orthogonal_to_the_targets_own_difference_and_blind_to_which_model_is_which(tiny_cache):
     """Two tiny models changed differently stand for the left- and right-leaning fine-tunes."""
     one = load_model("tiny-llama", device="cpu", cache=tiny_cache)
     other = load_model("tiny-llama", device="cpu", cache=tiny_cache)
@@ -71,8 +71,8 @@ def test_flip_directions_are_orthogonal_to_the_targets_own_flip_and_blind_to_whi
         name: [encode_prompt(one.tokenizer, i.question) for i in data.select(topics=topics, split="train").items[:4]]
         for name, topics in (("others", ["science", "economy_and_inequality"]), ("own", ["race"]))
     }
-    flips = flip_directions(one, other, texts["others"], texts["own"], [1, 2], 2)
-    swapped = flip_directions(other, one, texts["others"], texts["own"], [1, 2], 2)
+    flips = spill_directions(one, other, texts["others"], texts["own"], [1, 2], 2)
+    swapped = spill_directions(other, one, texts["others"], texts["own"], [1, 2], 2)
     own = difference_pcs(one, other, texts["own"], [1, 2], 2)
     for layer in (1, 2):
         q = flips[layer]

@@ -15,7 +15,7 @@ from polineurons.layer_search import LayerSearchConfig, layer_search_text, run_l
 from polineurons.methods import METHODS, Ingredients, MitigateConfig
 from polineurons.stance import StanceConfig
 from polineurons.study import Study
-from polineurons.training import FinetuneConfig
+from polineurons.training import FinetuneConfig, finetune, training_pairs
 from polineurons.trial import TrialSpec
 
 FAST = FinetuneConfig(max_steps=3, batch_size=4, max_seq_len=320, learning_rate=1e-2, warmup_steps=0)
@@ -36,14 +36,23 @@ def test_candidates_default_to_every_nth_layer_and_refuse_what_the_model_lacks()
             LayerSearchConfig(**bad)
 
 
-def test_a_one_layer_view_equals_ingredients_made_for_that_layer(tiny_cache):
+def _tuned(tiny_cache, leaning: str):
+    model = load_model("tiny-llama", device="cpu", cache=tiny_cache)
+    finetune(model, training_pairs(load_data(), "race", leaning)[:8], FAST, progress=False)
+    return model
+
+
+@pytest.mark.parametrize("name", ["caft", "caft-flip"])
+def test_a_one_layer_view_equals_ingredients_made_for_that_layer(tiny_cache, name):
     base = functools.cache(lambda: load_model("tiny-llama", device="cpu", cache=tiny_cache))
-    both = Ingredients(MitigateConfig(layers=(0, 2), items=2), _spec(), base)
+    tuned = functools.cache(lambda leaning: _tuned(tiny_cache, leaning))
+    models = {"vanilla_model": lambda: tuned("right"), "opposite_model": lambda: tuned("left")}
+    both = Ingredients(MitigateConfig(layers=(0, 2), items=2), _spec(), base, **models)
     for layer in (0, 2):
-        alone = Ingredients(MitigateConfig(layers=(layer,), items=2), _spec(), base)
+        alone = Ingredients(MitigateConfig(layers=(layer,), items=2), _spec(), base, **models)
         for control in (False, True):
-            viewed = METHODS["caft"].build(both.at_layer(layer), 0.5, 1, control)
-            made = METHODS["caft"].build(alone, 0.5, 1, control)
+            viewed = METHODS[name].build(both.at_layer(layer, METHODS[name].directions), 0.5, 1, control)
+            made = METHODS[name].build(alone, 0.5, 1, control)
             assert isinstance(viewed, AblateDirections) and set(viewed.directions) == {layer}
             torch.testing.assert_close(viewed.directions[layer], made.directions[layer], rtol=0, atol=1e-6)
     assert both.layers() == [0, 2]  # the view changed nothing of its parent
@@ -65,7 +74,7 @@ def test_the_search_trains_each_layer_once_and_recommends_by_net_cut(tiny_env, t
     rows = {r["layer"]: r for r in found["layers"]}
     assert set(rows) == {0, 2} and found["search"]["steps"] == 2
     for row in rows.values():
-        assert row["net"] == pytest.approx(row["ctg_reduction"] - (1 - row["target_kept"]))
+        assert row["net"] == pytest.approx(row["ctg_reduction"] - max(0.0, 1 - row["target_kept"]))
         assert row["target_kept_ci_low"] <= row["target_kept"] <= row["target_kept_ci_high"]
     assert found["recommended"] == [max(rows, key=lambda layer: rows[layer]["net"])]
     assert f"recommended: --mitigate.layers {found['recommended'][0]}" in layer_search_text(found)

@@ -15,7 +15,7 @@ from polineurons import load_model
 from polineurons.batching import pad_id_of
 from polineurons.data import encode_prompt, encode_text, load_data
 from polineurons.data.loaders import load_neutral
-from polineurons.directions import flip_directions, random_like, random_subspace, random_vector
+from polineurons.directions import random_like, random_subspace, random_vector, spill_directions
 from polineurons.errors import RunError, UserError
 from polineurons.frontier import compare_runs
 from polineurons.hooks import AblateDirections, Combined, SteerResidual, StopGradNeurons, record_residual
@@ -59,10 +59,19 @@ class Builder:
         base = functools.cache(
             lambda: load_model("tiny-llama", device="cpu", cache=tiny_cache)
         )  # loaded once, as a study does
-        self.ingredients = Ingredients(config, spec, base, located=located)
+        # caft-flip's two vanilla fine-tunes: short tiny ones toward each leaning, trained when first asked
+        tuned = functools.cache(lambda leaning: _tuned(tiny_cache, leaning))
+        models = {"vanilla_model": lambda: tuned("right"), "opposite_model": lambda: tuned("left")}
+        self.ingredients = Ingredients(config, spec, base, located=located, **models)
 
     def build(self, arm: Arm):
         return METHODS[arm.method].build(self.ingredients, arm.strength, arm.seed, arm.control)
+
+
+def _tuned(tiny_cache, leaning: str):
+    model = load_model("tiny-llama", device="cpu", cache=tiny_cache)
+    finetune(model, training_pairs(load_data(), "race", leaning)[:8], FAST, progress=False)
+    return model
 
 
 def interventions(tiny_cache, located):
@@ -135,10 +144,12 @@ def test_controls_have_the_promised_rank_norm_and_layers(tiny_cache, located):
     build = interventions(tiny_cache, located)
     neurons, control = build.build(Arm("inhibit-zero", 1.0)), build.build(Arm("inhibit-zero", 1.0, control=True))
     assert control.neurons.layer_counts() == neurons.neurons.layer_counts() and control.neurons != neurons.neurons
-    caft, caft_control = build.build(Arm("caft", 1.0)), build.build(Arm("caft", 1.0, control=True))
-    assert set(caft.directions) == set(caft_control.directions) == {1}
-    for q in (caft.directions[1], caft_control.directions[1]):
-        assert torch.allclose(q.T @ q, torch.eye(q.shape[1]), atol=1e-5)  # orthonormal, same rank
+    for name in ("caft", "caft-flip"):
+        caft, caft_control = build.build(Arm(name, 1.0)), build.build(Arm(name, 1.0, control=True))
+        assert set(caft.directions) == set(caft_control.directions) == {1}
+        assert caft.directions[1].shape == caft_control.directions[1].shape
+        for q in (caft.directions[1], caft_control.directions[1]):
+            assert torch.allclose(q.T @ q, torch.eye(q.shape[1]), atol=1e-5)  # orthonormal, same rank
     steer, steer_control = build.build(Arm("steer", 1.0)), build.build(Arm("steer", 1.0, control=True))
     assert steer.layer == steer_control.layer and torch.allclose(steer.vector.norm(), steer_control.vector.norm())
     kl, kl_control = build.build(Arm("kl", 1.0)), build.build(Arm("kl", 1.0, control=True))
@@ -360,16 +371,12 @@ def test_compare_runs_ratios_and_pooling():
     assert twice["target_kept"].value == pytest.approx(0.75)  # pooled: mean target shifts over seeds
 
 
-def test_flip_directions_come_from_both_leanings_fine_tunes_and_train_like_any_caft(tiny_cache, pairs, vanilla):
-    """The ingredients hand the two vanilla fine-tunes and the texts to flip_directions; CAFT with them
-    is vanilla at strength 0, changes training at 1, and its control has the same rank."""
+def test_spill_directions_come_from_both_leanings_fine_tunes_and_train_like_any_caft(tiny_cache, pairs, vanilla):
+    """The ingredients hand the two vanilla fine-tunes (pca: the vanilla and the base) and the texts to
+    spill_directions; CAFT with them is vanilla at strength 0, changes training at 1, and its control has
+    the same rank."""
 
-    def tuned(leaning):
-        model = load_model("tiny-llama", device="cpu", cache=tiny_cache)
-        finetune(model, training_pairs(load_data(), "race", leaning)[:8], FAST, progress=False)
-        return model
-
-    right, left = tuned("right"), tuned("left")
+    right, left = _tuned(tiny_cache, "right"), _tuned(tiny_cache, "left")
     spec = TrialSpec(load_data(), "race", "right", FAST, StanceConfig(max_items=1), model="tiny-llama")
     config = MitigateConfig(layers=(1, 2), directions="flip", rank=2, items=2)
     base = functools.cache(lambda: load_model("tiny-llama", device="cpu", cache=tiny_cache))
@@ -377,7 +384,7 @@ def test_flip_directions_come_from_both_leanings_fine_tunes_and_train_like_any_c
     caft, control = METHODS["caft"].build(ing, 1.0, 0, False), METHODS["caft"].build(ing, 1.0, 0, True)
     own = ing.target_texts()
     assert own and all(t not in ing.texts(others=True) for t in own)
-    expected = flip_directions(right, left, ing.texts(others=True), own, [1, 2], 2)
+    expected = spill_directions(right, left, ing.texts(others=True), own, [1, 2], 2)
     for layer in (1, 2):
         assert torch.equal(caft.directions[layer], expected[layer])
         assert control.directions[layer].shape == (right.cfg.d_model, 2)
@@ -388,20 +395,37 @@ def test_flip_directions_come_from_both_leanings_fine_tunes_and_train_like_any_c
         assert same == (strength == 0.0)
     with pytest.raises(UserError, match="both leanings"):
         Ingredients(config, spec, base, vanilla_model=lambda: right).directions(0, False)
+    # pca: the same recipe with the vanilla fine-tune against the base (the target's own PCs projected out)
+    pca = Ingredients(replace(config, directions="pca"), spec, base, vanilla_model=lambda: right).directions(0, False)
+    from_base = spill_directions(right, base(), ing.texts(others=True), own, [1, 2], 2)
+    assert all(torch.equal(pca[layer], from_base[layer]) for layer in (1, 2))
+    # caft-flip ablates the flip directions whatever ``directions`` says (caft then reads the leaning's)
+    leaning = Ingredients(
+        replace(config, directions="leaning"), spec, base, vanilla_model=lambda: right, opposite_model=lambda: left
+    )
+    flipped = METHODS["caft-flip"].build(leaning, 1.0, 0, False)
+    assert all(torch.equal(flipped.directions[layer], expected[layer]) for layer in (1, 2))
+    assert not torch.equal(METHODS["caft"].build(leaning, 1.0, 0, False).directions[1], expected[1])
 
 
-def test_flip_directions_train_the_other_leaning_once_and_keep_it_out_of_the_comparison(tiny_env, tmp_path):
-    config = MitigateConfig(methods=("caft",), strengths=(1.0,), layers=(1,), directions="flip", rank=1, items=2)
+def test_spill_directions_train_the_other_leaning_once_and_keep_it_out_of_the_comparison(tiny_env, tmp_path):
+    """caft (the leaning direction) and caft-flip in one folder: one frontier each, the other leaning's
+    vanilla trained once for caft-flip and never part of the comparison."""
+    config = MitigateConfig(methods=("caft", "caft-flip"), strengths=(1.0,), layers=(1,), rank=1, items=2)
     out, _ = _mitigate(tmp_path, config)
     names = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "trials").glob("*.json"))
-    expected = ["left-vanilla", "right-caft-control-s1", "right-caft-s1", "right-vanilla"]
+    arms = ["caft-control-s1", "caft-flip-control-s1", "caft-flip-s1", "caft-s1"]
+    expected = ["left-vanilla", *(f"right-{arm}" for arm in arms), "right-vanilla"]
     assert names == [f"race-{name}-seed0" for name in expected]
     assert len(list((tmp_path / "models").iterdir())) == 2  # both vanilla fine-tunes kept
-    assert (
-        out["seeds"] == [0]
-        and len(out["vanilla"]["runs"]) == 1
-        and [r["strength"] for r in out["frontier"]["caft"]] == [1.0]
-    )
+    assert out["seeds"] == [0] and len(out["vanilla"]["runs"]) == 1
+    assert {m: [r["strength"] for r in rows] for m, rows in out["frontier"].items()} == {
+        "caft": [1.0],
+        "caft-flip": [1.0],
+    }
+    settings = out["method_settings"]
+    assert settings["caft"]["directions"] == "leaning" and "directions_seed" not in settings["caft"]
+    assert settings["caft-flip"]["directions_seed"] == 0 and "directions" not in settings["caft-flip"]
     _, messages = _mitigate(tmp_path, config)
     assert all(m.endswith("stored") for m in messages)
 
