@@ -34,10 +34,12 @@ Each method's default strengths span roughly 80–100% of the target kept at the
 steps at lr 1e-4) on the embedded model: ``caft`` and ``steer`` from their curves measured there (3 seeds
 on a GPU: caft keeps 89/78/68/52% at 0.05/0.1/0.15/0.25, steer 87/80/73% at 1/1.5/2); the others scaled
 from one seed at strength 1 with one epoch (inhibit-zero kept 64%, kl 73%, inhibit-freeze and stopgrad
-~100%) — not yet measured at these settings; ``replay``'s from one seed on a CPU (kept 88% at 0.25, 63% at
-1); a combination puts each part at s times a fixed unit, that part's largest default strength (caft 0.1,
-kl 0.25, steer 1.5; not yet measured). Longer training keeps more of the target at the same strength (one
-epoch, 27 steps: caft 96/90/88/78% at 0.05/0.1/0.15/0.25).
+~100%; at these settings, seed 0 on a CPU, 97/100% at 1) — the rest not yet measured here; ``replay``'s
+from one seed on a CPU (kept 88% at 0.25, 63% at 1); ``caft-flip``'s from its curve on a CPU (rank 1,
+3 seeds: kept 93/86% at 0.25/0.5; seed 0: 96% at 0.1); a combination puts each part at s times a fixed
+unit, that part's largest default strength (caft 0.1, kl 0.25, steer 1.5; not yet measured). Longer
+training keeps more of the target at the same strength (one epoch, 27 steps: caft 96/90/88/78% at
+0.05/0.1/0.15/0.25).
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
+import functools
+
 import torch
 
-from polineurons.data import encode_prompt
+from polineurons import load_model
+from polineurons.data import encode_prompt, load_data
+from polineurons.training import finetune, training_pairs
 
 
 def prompt_batch(model, questions=("Should taxes rise?", "Is the border secure enough?")) -> torch.Tensor:
@@ -8,6 +12,19 @@ def prompt_batch(model, questions=("Should taxes rise?", "Is the border secure e
     rows = [encode_prompt(model.tokenizer, q) for q in questions]
     length = min(len(r) for r in rows)
     return torch.tensor([r[:length] for r in rows])
+
+
+def leaning_models(tiny_cache, config) -> dict:
+    """An Ingredients' ``vanilla_model`` and ``opposite_model``: short tiny-llama fine-tunes (``config``)
+    on 8 race pairs toward the right and the left, each trained when first asked."""
+
+    def tuned(leaning):
+        model = load_model("tiny-llama", device="cpu", cache=tiny_cache)
+        finetune(model, training_pairs(load_data(), "race", leaning)[:8], config, progress=False)
+        return model
+
+    cached = functools.cache(tuned)
+    return {"vanilla_model": lambda: cached("right"), "opposite_model": lambda: cached("left")}
 
 
 def trial_labels(folder) -> list[str]:

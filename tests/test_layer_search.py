@@ -15,8 +15,9 @@ from polineurons.layer_search import LayerSearchConfig, layer_search_text, run_l
 from polineurons.methods import METHODS, Ingredients, MitigateConfig
 from polineurons.stance import StanceConfig
 from polineurons.study import Study
-from polineurons.training import FinetuneConfig, finetune, training_pairs
+from polineurons.training import FinetuneConfig
 from polineurons.trial import TrialSpec
+from tests.helpers import leaning_models
 
 FAST = FinetuneConfig(max_steps=3, batch_size=4, max_seq_len=320, learning_rate=1e-2, warmup_steps=0)
 
@@ -36,17 +37,10 @@ def test_candidates_default_to_every_nth_layer_and_refuse_what_the_model_lacks()
             LayerSearchConfig(**bad)
 
 
-def _tuned(tiny_cache, leaning: str):
-    model = load_model("tiny-llama", device="cpu", cache=tiny_cache)
-    finetune(model, training_pairs(load_data(), "race", leaning)[:8], FAST, progress=False)
-    return model
-
-
 @pytest.mark.parametrize("name", ["caft", "caft-flip"])
 def test_a_one_layer_view_equals_ingredients_made_for_that_layer(tiny_cache, name):
     base = functools.cache(lambda: load_model("tiny-llama", device="cpu", cache=tiny_cache))
-    tuned = functools.cache(lambda leaning: _tuned(tiny_cache, leaning))
-    models = {"vanilla_model": lambda: tuned("right"), "opposite_model": lambda: tuned("left")}
+    models = leaning_models(tiny_cache, FAST)
     both = Ingredients(MitigateConfig(layers=(0, 2), items=2), _spec(), base, **models)
     for layer in (0, 2):
         alone = Ingredients(MitigateConfig(layers=(layer,), items=2), _spec(), base, **models)

@@ -29,7 +29,7 @@ from polineurons.stance import ItemScore, StanceConfig, StanceResult, neutral_lo
 from polineurons.study import Study
 from polineurons.training import FinetuneConfig, answer_loss, collate_answers, finetune, training_pairs
 from polineurons.trial import TrialSpec
-from tests.helpers import prompt_batch
+from tests.helpers import leaning_models, prompt_batch, trial_labels
 
 FAST = FinetuneConfig(max_steps=2, batch_size=4, max_seq_len=320, learning_rate=1e-2, warmup_steps=0)
 
@@ -59,19 +59,11 @@ class Builder:
         base = functools.cache(
             lambda: load_model("tiny-llama", device="cpu", cache=tiny_cache)
         )  # loaded once, as a study does
-        # caft-flip's two vanilla fine-tunes: short tiny ones toward each leaning, trained when first asked
-        tuned = functools.cache(lambda leaning: _tuned(tiny_cache, leaning))
-        models = {"vanilla_model": lambda: tuned("right"), "opposite_model": lambda: tuned("left")}
+        models = leaning_models(tiny_cache, FAST)  # caft-flip's two vanilla fine-tunes
         self.ingredients = Ingredients(config, spec, base, located=located, **models)
 
     def build(self, arm: Arm):
         return METHODS[arm.method].build(self.ingredients, arm.strength, arm.seed, arm.control)
-
-
-def _tuned(tiny_cache, leaning: str):
-    model = load_model("tiny-llama", device="cpu", cache=tiny_cache)
-    finetune(model, training_pairs(load_data(), "race", leaning)[:8], FAST, progress=False)
-    return model
 
 
 def interventions(tiny_cache, located):
@@ -376,7 +368,8 @@ def test_spill_directions_come_from_both_leanings_fine_tunes_and_train_like_any_
     spill_directions; CAFT with them is vanilla at strength 0, changes training at 1, and its control has
     the same rank."""
 
-    right, left = _tuned(tiny_cache, "right"), _tuned(tiny_cache, "left")
+    models = leaning_models(tiny_cache, FAST)
+    right, left = models["vanilla_model"](), models["opposite_model"]()
     spec = TrialSpec(load_data(), "race", "right", FAST, StanceConfig(max_items=1), model="tiny-llama")
     config = MitigateConfig(layers=(1, 2), directions="flip", rank=2, items=2)
     base = functools.cache(lambda: load_model("tiny-llama", device="cpu", cache=tiny_cache))
@@ -413,7 +406,7 @@ def test_spill_directions_train_the_other_leaning_once_and_keep_it_out_of_the_co
     vanilla trained once for caft-flip and never part of the comparison."""
     config = MitigateConfig(methods=("caft", "caft-flip"), strengths=(1.0,), layers=(1,), rank=1, items=2)
     out, _ = _mitigate(tmp_path, config)
-    names = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "trials").glob("*.json"))
+    names = trial_labels(tmp_path)
     arms = ["caft-control-s1", "caft-flip-control-s1", "caft-flip-s1", "caft-s1"]
     expected = ["left-vanilla", *(f"right-{arm}" for arm in arms), "right-vanilla"]
     assert names == [f"race-{name}-seed0" for name in expected]
