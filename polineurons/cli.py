@@ -15,7 +15,9 @@ import tyro
 from polineurons.artifacts import load_run, results_text
 from polineurons.cli_options import (
     Base,
+    Device,
     Flat,
+    GeometryOptions,
     JsonOut,
     Leaning,
     Loads,
@@ -36,6 +38,7 @@ from polineurons.data import load_data
 from polineurons.errors import UserError
 from polineurons.experiment import STAGES, run_pipeline
 from polineurons.generalization import measure_generalization
+from polineurons.geometry import GeometryConfig, geometry_folder, geometry_text
 from polineurons.layer_search import LayerSearchConfig, layer_search_text, search_layers_folder
 from polineurons.matrix import MatrixConfig, matrix_text, run_matrix
 from polineurons.mitigate import league_text, mitigate_folder
@@ -195,6 +198,21 @@ class Layers(Sweeps):
         print(f"{layer_search_text(result)}\nwrote {self.out / 'layer_search.json'}")
 
 
+@dataclass
+class Geometry:
+    """How the spill-over's residual change sits against the target's, per layer and rank: what CAFT's
+    directions remove of each, in the first seed's fine-tunes (trained into the folder when missing)."""
+
+    out: Path  # Study folder (a `mitigate` folder's works: its vanilla fine-tunes are shared); geometry-KIND.json.
+    config: Annotated[GeometryOptions, Flat]
+    geometry: Annotated[GeometryConfig, Flat] = GeometryConfig()
+    device: Device = None
+
+    def __call__(self) -> None:
+        result = geometry_folder(self.out, self.config, self.geometry, device=self.device)
+        print(f"{geometry_text(result['rows'])}\nwrote {self.out / f'geometry-{self.geometry.kind}.json'}")
+
+
 @dataclass(kw_only=True)
 class Screen(OnData):
     """Predict spill-over before training, from the base model alone: answer directions and word markers."""
@@ -256,7 +274,8 @@ class Report:
         print(f"wrote {', '.join(map(str, write_pages(self.run_dir)))}")
 
 
-COMMANDS = (Info, Stance, Finetune, Generalization, Localize, Patch, Screen, Mitigate, Layers, Run, Matrix, Report)
+COMMANDS = (Info, Stance, Finetune, Generalization, Localize, Patch, Screen, Mitigate, Layers, Geometry)
+COMMANDS += (Run, Matrix, Report)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
             Matrix: Matrix(tyro.MISSING, narrowed(MatrixOptions, preset)),
             Mitigate: Mitigate(tyro.MISSING, narrowed(MitigateOptions, frontier)),
             Layers: Layers(tyro.MISSING, narrowed(SearchOptions, preset)),
+            Geometry: Geometry(tyro.MISSING, narrowed(GeometryOptions, preset)),
         }
         choices = [Annotated[c, tyro.conf.subcommand(c.__name__.lower(), default=defaults.get(c))] for c in COMMANDS]
         try:

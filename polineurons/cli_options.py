@@ -12,7 +12,7 @@ from polineurons.config import ExamplesConfig, RunConfig
 from polineurons.data import load_data
 from polineurons.io import write_json
 from polineurons.launch import LaunchConfig
-from polineurons.methods import MethodName, MitigateConfig
+from polineurons.methods import Directions, MethodName, MitigateConfig
 from polineurons.models import EMBEDDED_MODEL, DType, load_model
 from polineurons.patching import PatchConfig
 from polineurons.pnlac import LocalizeConfig
@@ -130,6 +130,21 @@ class SearchOptions(MitigateOptions):
 
     seeds: tyro.conf.Suppress[int] = _QUICK.seeds
     mitigate: DirectionOptions = DirectionOptions()
+
+
+@dataclass(frozen=True)
+class TextOptions(DirectionOptions):
+    """The mitigation settings the geometry reads: how many items' texts (it sets kind and ranks itself)."""
+
+    directions: tyro.conf.Suppress[Directions] = _QUICK.mitigate.directions
+    rank: tyro.conf.Suppress[int] = _QUICK.mitigate.rank
+
+
+@dataclass(frozen=True)
+class GeometryOptions(SearchOptions):
+    """A run's settings that `geometry` reads: one seed's fine-tunes and the texts they are compared on."""
+
+    mitigate: TextOptions = TextOptions()
 
 
 def narrowed(options: type[Options], config: RunConfig) -> Options:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from polineurons.batching import length_sorted_batches, pad_id_of, pad_right
 from polineurons.data.items import StanceDataset
@@ -57,25 +58,54 @@ def leaning_directions(
     return {layer: general[k].float()[:, None] for k, layer in enumerate(layers)}
 
 
+def difference_grams(
+    one,
+    other,
+    sequences: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    *,
+    starts: Sequence[int] | int = 0,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[int, Float[Tensor, "d_model d_model"]]:
+    """``layer -> [d_model, d_model]`` (float64): the uncentred second moment Σ d dᵀ of the per-token
+    difference of residual streams d = one − other, summed over every real token of ``sequences`` from
+    its ``starts`` on (one per sequence, or one for all; 0: every token)."""
+    starts = [starts] * len(sequences) if isinstance(starts, int) else list(starts)
+    if len(starts) != len(sequences):
+        raise ValueError(f"{len(starts)} starts for {len(sequences)} sequences.")
+    d_model = int(one.cfg.d_model)
+    grams = {layer: torch.zeros(d_model, d_model, dtype=torch.float64) for layer in layers}
+    batches = length_sorted_batches([len(s) for s in sequences], batch_size)
+    for indices in tqdm(batches, desc="residual differences", disable=not progress, leave=False):
+        tokens, mask = pad_right([sequences[i] for i in indices], pad_id_of(one))
+        counted = mask.bool()
+        for row, i in enumerate(indices):  # positions before a sequence's start are run, not counted
+            counted[row, : starts[i]] = False
+        tokens, mask = tokens.to(one.cfg.device), mask.to(one.cfg.device)
+        with torch.no_grad(), record_residual(other, layers) as before:
+            other(tokens, attention_mask=mask)
+        before = dict(before)
+        with torch.no_grad(), record_residual(one, layers) as after:
+            one(tokens, attention_mask=mask)
+        for layer in layers:
+            diff = (after[layer] - before[layer])[counted.to(mask.device)].double().cpu()  # [tokens, d_model]
+            grams[layer] += diff.T @ diff
+    return grams
+
+
+def top_components(gram: Float[Tensor, "d_model d_model"], k: int) -> Float[Tensor, "d_model k"]:
+    """The top-k eigenvectors of a second-moment matrix (its uncentred principal components), largest first."""
+    return torch.linalg.eigh(gram).eigenvectors[:, -k:].flip(-1).float()
+
+
 def difference_pcs(
     base, tuned, sequences: Sequence[Sequence[int]], layers: Sequence[int], k: int, *, batch_size: int = 8
 ) -> Directions:
     """``layer -> [d_model, k]``: top-k principal components (uncentred) of the per-token difference
     of residual streams, fine-tuned minus base, over every real token of ``sequences``."""
-    d_model = int(base.cfg.d_model)
-    grams = {layer: torch.zeros(d_model, d_model, dtype=torch.float64) for layer in layers}
-    for indices in length_sorted_batches([len(s) for s in sequences], batch_size):
-        tokens, mask = pad_right([sequences[i] for i in indices], pad_id_of(base))
-        tokens, mask = tokens.to(base.cfg.device), mask.to(base.cfg.device)
-        with torch.no_grad(), record_residual(base, layers) as before:
-            base(tokens, attention_mask=mask)
-        before = dict(before)
-        with torch.no_grad(), record_residual(tuned, layers) as after:
-            tuned(tokens, attention_mask=mask)
-        for layer in layers:
-            diff = (after[layer] - before[layer])[mask.bool()].double().cpu()  # [tokens, d_model]
-            grams[layer] += diff.T @ diff
-    return {layer: torch.linalg.eigh(gram).eigenvectors[:, -k:].flip(-1).float() for layer, gram in grams.items()}
+    grams = difference_grams(tuned, base, sequences, layers, batch_size=batch_size)
+    return {layer: top_components(gram, k) for layer, gram in grams.items()}
 
 
 def spill_directions(
@@ -86,16 +116,26 @@ def spill_directions(
     layers: Sequence[int],
     k: int,
     *,
+    starts: tuple[Sequence[int] | int, Sequence[int] | int] = (0, 0),
     batch_size: int = 8,
 ) -> Directions:
     """``layer -> [d_model, k]`` orthonormal: the top-k principal components of the residual difference
     between two models of the same architecture (``one``, ``other``; which is which only flips signs) on
     the other topics' texts ``others``, with the top-k of the same difference on the target's own texts
     ``own`` projected out: what differs on the other topics and not on the target. Flip directions: two
-    fine-tunes toward opposite leanings; PCA directions: a fine-tune and its base."""
-    spill = difference_pcs(one, other, others, layers, k, batch_size=batch_size)
-    target = difference_pcs(one, other, own, layers, k, batch_size=batch_size)
-    return {layer: orthogonal_complement(spill[layer], target[layer]) for layer in layers}
+    fine-tunes toward opposite leanings; PCA directions: a fine-tune and its base. ``starts``: the first
+    position counted in ``others``' and in ``own``'s sequences (:func:`difference_grams`)."""
+    spill = difference_grams(one, other, others, layers, starts=starts[0], batch_size=batch_size)
+    target = difference_grams(one, other, own, layers, starts=starts[1], batch_size=batch_size)
+    return {layer: spill_basis(spill[layer], target[layer], k) for layer in layers}
+
+
+def spill_basis(
+    spill: Float[Tensor, "d_model d_model"], target: Float[Tensor, "d_model d_model"], k: int
+) -> Float[Tensor, "d_model k"]:
+    """The spill-over's top-k components with the target's top-k projected out (from
+    :func:`difference_grams` on the other topics' and on the target's texts)."""
+    return orthogonal_complement(top_components(spill, k), top_components(target, k))
 
 
 def orthogonal_complement(

@@ -27,14 +27,17 @@ caft+steer      caft at 0.1·s and steer at 1.5·s together              both co
 CAFT's directions (``directions``): ``leaning``, the base model's right − left answer direction on the
 other topics, orthogonal to the target's own; ``pca``, the top PCs of (vanilla − base) on the other
 topics' texts; ``flip``, the top PCs of (right − left vanilla fine-tune) there; pca and flip with the
-same measured on the target's texts projected out (:func:`polineurons.directions.spill_directions`).
-Where they act (``layers``): :mod:`polineurons.layer_search`.
+same measured on the target's texts projected out (:func:`polineurons.directions.spill_directions`),
+read from every token or the answers only (``direction_tokens``). Where they act (``layers``):
+:mod:`polineurons.layer_search`; how the two changes share the residual stream: :mod:`polineurons.geometry`.
 
 Each method's default strengths span roughly 80–100% of the target kept at the quick settings (16
 steps at lr 1e-4) on the embedded model: ``caft`` and ``steer`` from their curves measured there (3 seeds
 on a GPU: caft keeps 89/78/68/52% at 0.05/0.1/0.15/0.25, steer 87/80/73% at 1/1.5/2); the others scaled
-from one seed at strength 1 with one epoch (inhibit-zero kept 64%, kl 73%, inhibit-freeze and stopgrad
-~100%; at these settings, seed 0 on a CPU, 97/100% at 1) — the rest not yet measured here; ``replay``'s
+from one seed at strength 1 with one epoch (kl 73%, inhibit-freeze and stopgrad ~100%; at these
+settings, 3 seeds on a CPU, 98/99% at 1) — kl not yet measured here; ``inhibit-zero``'s from its curve
+on a CPU with the default localizer's general set (3 seeds: 95% at 0.005; seed 0: 63% at 0.02);
+``replay``'s
 from one seed on a CPU (kept 88% at 0.25, 63% at 1); ``caft-flip``'s from its curve on a CPU (rank 1,
 3 seeds: kept 93/86% at 0.25/0.5; seed 0: 96% at 0.1); a combination puts each part at s times a fixed
 unit, that part's largest default strength (caft 0.1, kl 0.25, steer 1.5; not yet measured). Longer
@@ -109,6 +112,8 @@ class MitigateConfig:
     """CAFT directions: leaning (base's, orthogonal to the target's), pca (vanilla − base), flip (right − left)."""
     rank: int = 2
     """CAFT with pca or flip: principal components per layer."""
+    direction_tokens: Literal["all", "answer"] = "all"
+    """CAFT with pca or flip: tokens the directions are read from (answer: not the prompts' shared template)."""
     steer_layer: int | None = None
     """Steering layer (None: the middle one)."""
     kl_beta: float = 1.0
@@ -219,8 +224,11 @@ class Ingredients:
                 raise UserError("Flip directions need the first seed's vanilla fine-tunes toward both leanings.")
             # pca: what the fine-tune moved; flip: what the leaning flips — on other topics, not the target
             reference = self.base if kind == "pca" else self.opposite_model()
-            others, own = self.texts(others=True), self.target_texts()
-            return spill_directions(self.vanilla_model(), reference, others, own, self.layers(), settings.rank)
+            (others, other_starts), (own, own_starts) = self.direction_texts(others=True), self.direction_texts()
+            starts = (other_starts, own_starts)
+            return spill_directions(
+                self.vanilla_model(), reference, others, own, self.layers(), settings.rank, starts=starts
+            )
 
         directions = self._get(f"directions-{kind}", make)
         return random_like(directions, seed=1000 + seed) if control else directions
@@ -249,22 +257,36 @@ class Ingredients:
         def make():
             if not others:
                 return [p + a for p, a in neutral_pairs(self.base.tokenizer)]
-            return self._with_both_answers(self.other_items())
+            return self._with_both_answers(self.other_items())[0]
 
         return self._get(f"texts-{others}", make)
 
     def target_texts(self) -> list[list[int]]:
         """The target's own training questions (up to ``items``) with both answers."""
-        data, target, n = self.spec.dataset, self.spec.target, self.settings.items
-        return self._with_both_answers(list(data.select(topics=[target], split="train", max_items=n).items))
+        return self._with_both_answers(self.target_items())[0]
 
-    def _with_both_answers(self, items: list) -> list[list[int]]:
-        tokenizer = self.base.tokenizer
-        return [
-            encode_prompt(tokenizer, i.question) + encode_text(tokenizer, i.answer(side), prompt_start=False)
-            for i in items
-            for side in ("left", "right")
-        ]
+    def target_items(self) -> list:
+        """Up to ``items`` training items of the target."""
+        data, target, n = self.spec.dataset, self.spec.target, self.settings.items
+        return list(data.select(topics=[target], split="train", max_items=n).items)
+
+    def direction_texts(self, *, others: bool = False) -> tuple[list[list[int]], list[int]]:
+        """The texts pca and flip directions are read from — the other topics' (``others``) or the target's
+        training questions with both answers — and each one's first counted position: 0, or its answer's
+        first token (``direction_tokens="answer"``: the chat template and system prompt, the same on every
+        topic, are left out)."""
+        texts, starts = self._with_both_answers(self.other_items() if others else self.target_items())
+        return texts, (starts if self.settings.direction_tokens == "answer" else [0] * len(texts))
+
+    def _with_both_answers(self, items: list) -> tuple[list[list[int]], list[int]]:
+        """Each item's prompt with its left, then its right answer, and where each answer starts."""
+        tokenizer, texts, starts = self.base.tokenizer, [], []
+        for item in items:
+            prompt = encode_prompt(tokenizer, item.question)
+            for side in ("left", "right"):
+                texts.append(prompt + encode_text(tokenizer, item.answer(side), prompt_start=False))
+                starts.append(len(prompt))
+        return texts, starts
 
     def replay_examples(self, *, others: bool) -> list[tuple[list[int], int]]:
         """The base model's own greedy answers to the other topics' training questions (``others``), or
@@ -337,7 +359,7 @@ _DIRECTIONS = ("layers", "directions", "rank", "items")
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("inhibit-zero", _inhibit(lambda n: ScaleNeurons(n, 0.0)), (0.05, 0.1, 0.25), ("percent",), True),
+        Method("inhibit-zero", _inhibit(lambda n: ScaleNeurons(n, 0.0)), (0.005, 0.01, 0.02), ("percent",), True),
         Method("inhibit-freeze", _inhibit(FreezeNeurons), (1.0, 2.0, 4.0), ("percent",), True),
         Method("stopgrad", _inhibit(StopGradNeurons), (1.0, 2.0, 4.0), ("percent",), True),
         Method("caft", _caft(False), (0.025, 0.05, 0.075, 0.1), _DIRECTIONS),

@@ -81,6 +81,8 @@ def method_settings(name: str, config: MitigateConfig, neurons: str | None, dire
     kind = directions_of(name, config)
     if kind in ("pca", "flip"):
         made["directions_seed"] = directions_seed
+        if config.direction_tokens != "all":  # trials from before the option read every token: their keys stay
+            made["direction_tokens"] = config.direction_tokens
     if kind == "pca":
         made["target_pcs"] = "projected out"  # older pca trials kept the target's own PCs
     return as_stored(made)

@@ -4,8 +4,9 @@
 #   1. the layer search for CAFT (leaning directions, every layer, one seed);
 #   2. frontiers over SEEDS seeds, each method at its own default strengths plus stronger ones: CAFT with
 #      the leaning direction at the default layers and at the searched ones, with flip directions
-#      (rank 1: caft-flip, beside the leaning's in one folder and chart; rank 2, 4) and PCA directions
-#      (rank 1, 2, 4); caft-grad, steer, kl, replay, caft+kl, caft+steer;
+#      (rank 1: caft-flip, beside the leaning's in one folder and chart; rank 2, 4; read from the answers
+#      only, rank 1, 2) and PCA directions (rank 1, 2, 4); caft-grad, steer, kl, replay, caft+kl, caft+steer;
+#      the geometry of the flip change (polineurons geometry, every token and answers only);
 #   3. the best reading at 90% kept (method and folder) again on a second target and on the left leaning,
 #      at its strength there, halved and doubled.
 # Sized for a GPU (each quick-preset trial takes seconds on one H200; about 300 trials); resumable: rerun
@@ -46,6 +47,14 @@ for kind in flip pca; do
       --mitigate.directions "$kind" --mitigate.rank "$rank"
   done
 done
+# flip directions read from the answers only (the shared chat template dominates every token's)
+for rank in 1 2; do
+  step "flip-answer-r$rank" $pn mitigate --out "$out/flip-answer-r$rank" "${common[@]}" "${seeds[@]}" "${caft[@]}" \
+    --mitigate.directions flip --mitigate.rank "$rank" --mitigate.direction-tokens answer
+done
+for tokens in all answer; do  # where the spill-over's change sits against the target's (no training)
+  step "geometry-$tokens" $pn geometry --out "$out/leaning" "${common[@]}" --mitigate.direction-tokens "$tokens"
+done
 
 # The best reading at 90% kept over every folder, and the options that reproduce it elsewhere.
 read -r folder method strength < <($py - "$out" <<'PY'
@@ -62,7 +71,8 @@ echo "best at 90% kept: $method at $strength in $folder"
 options=$($py - "$out/$folder/mitigation.json" "$method" <<'PY'
 import json, sys
 made = json.load(open(sys.argv[1]))["method_settings"][sys.argv[2]]
-flags = {"layers": "--mitigate.layers", "directions": "--mitigate.directions", "rank": "--mitigate.rank"}
+flags = {"layers": "--mitigate.layers", "directions": "--mitigate.directions", "rank": "--mitigate.rank",
+         "direction_tokens": "--mitigate.direction-tokens"}
 print(" ".join(f"{flag} {' '.join(map(str, made[k])) if isinstance(made[k], list) else made[k]}"
                for k, flag in flags.items() if made.get(k) is not None))
 PY

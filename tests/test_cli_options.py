@@ -120,6 +120,7 @@ def invocations(tmp: Path) -> dict[str, list[list]]:
             + ["--search.layers", 0, 2, "--search.steps", 1, "--search.pick", 1],
             ["layers", *sweep, "--out", tmp / "ls", *lora, "--search.method", "caft-grad", "--search.every", 2],
         ],
+        "geometry": [["geometry", *sweep, "--out", tmp / "ls", *lora, "--layers", 1, "--ranks", 1, 2, "--kind", "pca"]],
         "matrix": [["matrix", *sweep, *lora, "--out", tmp / "mx", "--targets", "race", "--leanings", "right"]],
         "report": [["report", run]],
     }

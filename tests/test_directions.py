@@ -8,8 +8,15 @@ import torch
 
 from polineurons import load_model
 from polineurons.data import encode_prompt, load_data
-from polineurons.directions import difference_pcs, leaning_directions, orthogonal_complement, spill_directions
+from polineurons.directions import (
+    difference_grams,
+    difference_pcs,
+    leaning_directions,
+    orthogonal_complement,
+    spill_directions,
+)
 from polineurons.screening import answer_direction
+from tests.helpers import perturbed_pair
 
 
 def test_the_leaning_direction_is_a_unit_vector_orthogonal_to_the_targets_own(tiny_llama):
@@ -61,11 +68,7 @@ def test_orthogonal_complement_is_orthonormal_orthogonal_and_within_both_spans()
 
 def test_spill_directions_are_orthogonal_to_the_targets_own_difference_and_blind_to_which_model_is_which(tiny_cache):
     """Two tiny models changed differently stand for the left- and right-leaning fine-tunes."""
-    one = load_model("tiny-llama", device="cpu", cache=tiny_cache)
-    other = load_model("tiny-llama", device="cpu", cache=tiny_cache)
-    with torch.no_grad():
-        for p in other.blocks[1].mlp.parameters():
-            p += 0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()))
+    one, other = perturbed_pair(tiny_cache)
     data = load_data()
     texts = {
         name: [encode_prompt(one.tokenizer, i.question) for i in data.select(topics=topics, split="train").items[:4]]
@@ -80,3 +83,23 @@ def test_spill_directions_are_orthogonal_to_the_targets_own_difference_and_blind
         torch.testing.assert_close(q.T @ q, torch.eye(2), atol=1e-5, rtol=0)
         assert float((own[layer].T @ q).abs().max()) < 1e-5
         torch.testing.assert_close(q @ q.T, swapped[layer] @ swapped[layer].T, atol=1e-4, rtol=0)  # same span
+
+
+def test_counting_from_a_start_leaves_out_exactly_the_positions_before_it(tiny_cache):
+    """Causal attention: a prefix's residuals do not depend on what follows, so the gram from each
+    sequence's start on plus the gram of the prefixes alone is the gram of every token; batching and
+    one start for all (an int) change nothing."""
+    one, other = perturbed_pair(tiny_cache, layer=0)
+    items = load_data().select(topics=["race"], split="train").items[:3]
+    sequences = [encode_prompt(one.tokenizer, i.question) for i in items]
+    starts = [len(s) // 2 for s in sequences]
+    full = difference_grams(one, other, sequences, [1])[1]
+    rest = difference_grams(one, other, sequences, [1], starts=starts, batch_size=2)[1]
+    prefixes = difference_grams(one, other, [s[:k] for s, k in zip(sequences, starts, strict=True)], [1])[1]
+    torch.testing.assert_close(rest + prefixes, full, rtol=1e-6, atol=1e-6)
+    assert float(prefixes.trace()) > 0 and float(rest.trace()) > 0
+    torch.testing.assert_close(difference_grams(one, other, sequences, [1], starts=0)[1], full, rtol=0, atol=0)
+    nothing = difference_grams(one, other, sequences, [1], starts=[len(s) for s in sequences])[1]
+    assert float(nothing.abs().max()) == 0
+    with pytest.raises(ValueError, match="starts"):
+        difference_grams(one, other, sequences, [1], starts=[1])

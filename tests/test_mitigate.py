@@ -20,7 +20,7 @@ from polineurons.errors import RunError, UserError
 from polineurons.frontier import compare_runs
 from polineurons.hooks import AblateDirections, Combined, SteerResidual, StopGradNeurons, record_residual
 from polineurons.methods import METHODS, Ingredients, method
-from polineurons.mitigate import Arm, MitigateConfig, plan_arms, run_mitigation
+from polineurons.mitigate import Arm, MitigateConfig, method_settings, plan_arms, run_mitigation
 from polineurons.models import generate_answer_ids
 from polineurons.neurons import NeuronSet, neuron_parameters, resid_post_hook_name
 from polineurons.pnlac import Localization
@@ -399,6 +399,19 @@ def test_spill_directions_come_from_both_leanings_fine_tunes_and_train_like_any_
     flipped = METHODS["caft-flip"].build(leaning, 1.0, 0, False)
     assert all(torch.equal(flipped.directions[layer], expected[layer]) for layer in (1, 2))
     assert not torch.equal(METHODS["caft"].build(leaning, 1.0, 0, False).directions[1], expected[1])
+    # answer tokens: the same texts, each counted from its answer's first token
+    answers = Ingredients(
+        replace(config, direction_tokens="answer"), spec, base, vanilla_model=lambda: right, opposite_model=lambda: left
+    )
+    (others, other_starts), (texts, starts) = answers.direction_texts(others=True), answers.direction_texts()
+    assert others == ing.texts(others=True) and texts == own and min(starts) > 0
+    prompts = [encode_prompt(right.tokenizer, item.question) for item in answers.target_items()]
+    assert starts == [len(p) for p in prompts for _ in ("left", "right")]
+    counted = spill_directions(right, left, others, own, [1, 2], 2, starts=(other_starts, starts))
+    assert all(torch.equal(answers.directions(0, False)[layer], counted[layer]) for layer in (1, 2))
+    assert not torch.allclose(counted[1], expected[1], atol=1e-3)
+    keys = [method_settings("caft-flip", c, None, 0) for c in (config, replace(config, direction_tokens="answer"))]
+    assert "direction_tokens" not in keys[0] and keys[1]["direction_tokens"] == "answer"  # older keys unchanged
 
 
 def test_spill_directions_train_the_other_leaning_once_and_keep_it_out_of_the_comparison(tiny_env, tmp_path):

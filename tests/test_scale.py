@@ -21,7 +21,7 @@ from polineurons.stance import StanceConfig, measure_stance
 from polineurons.study import Study
 from polineurons.training import FinetuneConfig, finetune, training_pairs
 from polineurons.trial import TrialSpec
-from tests.helpers import prompt_batch
+from tests.helpers import perturbed, prompt_batch
 
 pytest.importorskip("peft")
 
@@ -95,18 +95,9 @@ def build(tiny_cache, located, arm: Arm, base):
     spec = TrialSpec(load_data(), "race", "right", LORA, StanceConfig(max_items=1), model="tiny-llama")
     config = MitigateConfig(layers=(1,), steer_layer=1, items=2)
     # caft-flip's two fine-tunes: the base and a copy whose MLPs are perturbed stand for them
-    models = {"vanilla_model": lambda: _perturbed(tiny_cache), "opposite_model": lambda: base}
+    models = {"vanilla_model": lambda: perturbed(tiny_cache), "opposite_model": lambda: base}
     ingredients = Ingredients(config, spec, lambda: base, located=located, **models)
     return METHODS[arm.method].build(ingredients, arm.strength, 0, False)
-
-
-def _perturbed(tiny_cache):
-    model = load_model("tiny-llama", device="cpu", cache=tiny_cache)
-    with torch.no_grad():
-        for block in model.blocks:
-            for p in block.mlp.parameters():
-                p += 0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()))
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from polineurons.cli import COMMANDS
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "polineurons"
 
@@ -67,7 +69,7 @@ def test_every_module_imports_in_layer_order():
 def test_modules_stay_small_and_the_cli_thin():
     sizes = {module_name(p): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
     assert max(sizes.values()) <= 450, {n: s for n, s in sizes.items() if s > 450}
-    assert sizes["polineurons.cli"] < 300
+    assert sizes["polineurons.cli"] < 24 * len(COMMANDS)  # no work in the CLI: a verb is its options
 
 
 @pytest.mark.skipif(
