@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 
 def pad_id_of(model) -> int:
@@ -71,3 +72,27 @@ def sequence_batches(
             targets[row, starts[index] - 1 : len(sequences[index]) - 1] = True
         batches.append(SequenceBatch(indices, tokens.to(device), mask.to(device), targets.to(device)))
     return batches, counts
+
+
+def per_sequence_starts(sequences: Sequence[Sequence[int]], starts: Sequence[int] | int) -> list[int]:
+    """Each sequence's first scored position: ``starts`` as given (one per sequence), or one for all."""
+    if not sequences:
+        raise ValueError("Scoring needs at least one sequence.")
+    if isinstance(starts, int):
+        return [starts] * len(sequences)
+    if len(starts) != len(sequences):
+        raise ValueError(f"{len(starts)} starts for {len(sequences)} sequences.")
+    return list(starts)
+
+
+def scored_batches(model, sequences, starts: Sequence[int], batch_size: int, desc: str, progress: bool):
+    """``(indices, tokens, mask, scored)`` per length-sorted batch on ``model``'s device; ``scored``
+    marks real tokens at or after their sequence's start (earlier ones are run, not counted)."""
+    batches = length_sorted_batches([len(s) for s in sequences], batch_size)
+    for indices in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        tokens, mask = pad_right([sequences[i] for i in indices], pad_id_of(model))
+        scored = mask.clone()
+        for row, i in enumerate(indices):
+            scored[row, : starts[i]] = 0
+        device = model.cfg.device
+        yield indices, tokens.to(device), mask.to(device), scored.to(device)

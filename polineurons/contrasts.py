@@ -23,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from polineurons.batching import length_sorted_batches, pad_id_of, pad_right, sequence_batches
+from polineurons.batching import pad_id_of, per_sequence_starts, scored_batches, sequence_batches
 from polineurons.data.items import StanceItem
 from polineurons.hooks import record_neurons
 from polineurons.neurons import mlp_post_hook_name, model_shape
@@ -37,42 +37,18 @@ def _check_same_shape(a, b) -> None:
         raise ValueError(f"Models differ in shape: {model_shape(a)} vs {model_shape(b)}.")
 
 
-def _starts(sequences: Sequence[Sequence[int]], starts: Sequence[int] | int) -> list[int]:
-    if not sequences:
-        raise ValueError("A contrast needs at least one sequence.")
-    if isinstance(starts, int):
-        return [starts] * len(sequences)
-    if len(starts) != len(sequences):
-        raise ValueError(f"{len(starts)} starts for {len(sequences)} sequences.")
-    return list(starts)
-
-
-def _scored_batches(model, sequences, starts, batch_size: int, desc: str, progress: bool):
-    """``(indices, tokens, mask, scored)`` per length-sorted batch; ``scored`` marks real tokens at or
-    after their sequence's start."""
-    for indices in tqdm(
-        length_sorted_batches([len(s) for s in sequences], batch_size), desc=desc, disable=not progress, leave=False
-    ):
-        tokens, mask = pad_right([sequences[i] for i in indices], pad_id_of(model))
-        scored = mask.clone()
-        for row, i in enumerate(indices):
-            scored[row, : starts[i]] = 0
-        device = model.cfg.device
-        yield indices, tokens.to(device), mask.to(device), scored.to(device)
-
-
 def _difference_moments(
     first, second, sequences, starts, batch_size: int, progress: bool
 ) -> tuple[Tensor, Tensor, int]:
     """Sum and sum of squares over scored tokens of (second − first) activations, and the token count."""
     _check_same_shape(first, second)
-    starts = _starts(sequences, starts)
+    starts = per_sequence_starts(sequences, starts)
     n_layers, d_mlp = model_shape(first)
     device = first.cfg.device
     total = torch.zeros(n_layers, d_mlp, dtype=torch.float64, device=device)
     squares = torch.zeros_like(total)
     n_tokens = 0
-    for _, tokens, mask, scored in _scored_batches(first, sequences, starts, batch_size, "contrast", progress):
+    for _, tokens, mask, scored in scored_batches(first, sequences, starts, batch_size, "contrast", progress):
         weight = scored[..., None].double()
         with torch.no_grad(), record_neurons(first) as recorded:
             first(tokens, attention_mask=mask)
@@ -135,12 +111,12 @@ def answer_contrast(
 ) -> Scores:
     """Per-neuron mean over items of (mean activation over the right answer's scored tokens − the
     left answer's). ``sequences`` alternate right, left per item (as :func:`stance.stance_pairs`)."""
-    starts = _starts(sequences, starts)
+    starts = per_sequence_starts(sequences, starts)
     if len(sequences) % 2:
         raise ValueError("answer_contrast needs (right, left) sequence pairs: got an odd count.")
     n_layers, d_mlp = model_shape(model)
     signed = torch.zeros(n_layers, d_mlp, dtype=torch.float64, device=model.cfg.device)
-    for indices, tokens, mask, scored in _scored_batches(model, sequences, starts, batch_size, "answers", progress):
+    for indices, tokens, mask, scored in scored_batches(model, sequences, starts, batch_size, "answers", progress):
         counts = scored.sum(dim=1, keepdim=True)
         if (counts == 0).any():
             raise ValueError("An answer sequence has no scored token.")
@@ -162,12 +138,12 @@ def activation_spread(
     progress: bool = False,
 ) -> Scores:
     """Per-neuron standard deviation of ``model``'s activations over the scored tokens."""
-    starts = _starts(sequences, starts)
+    starts = per_sequence_starts(sequences, starts)
     n_layers, d_mlp = model_shape(model)
     total = torch.zeros(n_layers, d_mlp, dtype=torch.float64, device=model.cfg.device)
     squares = torch.zeros_like(total)
     n = 0
-    for _, tokens, mask, scored in _scored_batches(model, sequences, starts, batch_size, "spread", progress):
+    for _, tokens, mask, scored in scored_batches(model, sequences, starts, batch_size, "spread", progress):
         weight = scored[..., None].double()
         with torch.no_grad(), record_neurons(model) as recorded:
             model(tokens, attention_mask=mask)

@@ -22,9 +22,8 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from polineurons.batching import length_sorted_batches, pad_id_of, pad_right
+from polineurons.batching import per_sequence_starts, scored_batches
 from polineurons.data.items import StanceDataset
 from polineurons.hooks import record_residual
 from polineurons.neurons import NeuronSet, neuron_parameters
@@ -71,25 +70,17 @@ def difference_grams(
     """``layer -> [d_model, d_model]`` (float64): the uncentred second moment Σ d dᵀ of the per-token
     difference of residual streams d = one − other, summed over every real token of ``sequences`` from
     its ``starts`` on (one per sequence, or one for all; 0: every token)."""
-    starts = [starts] * len(sequences) if isinstance(starts, int) else list(starts)
-    if len(starts) != len(sequences):
-        raise ValueError(f"{len(starts)} starts for {len(sequences)} sequences.")
+    starts = per_sequence_starts(sequences, starts)
     d_model = int(one.cfg.d_model)
     grams = {layer: torch.zeros(d_model, d_model, dtype=torch.float64) for layer in layers}
-    batches = length_sorted_batches([len(s) for s in sequences], batch_size)
-    for indices in tqdm(batches, desc="residual differences", disable=not progress, leave=False):
-        tokens, mask = pad_right([sequences[i] for i in indices], pad_id_of(one))
-        counted = mask.bool()
-        for row, i in enumerate(indices):  # positions before a sequence's start are run, not counted
-            counted[row, : starts[i]] = False
-        tokens, mask = tokens.to(one.cfg.device), mask.to(one.cfg.device)
+    for _, tokens, mask, scored in scored_batches(one, sequences, starts, batch_size, "residual differences", progress):
         with torch.no_grad(), record_residual(other, layers) as before:
             other(tokens, attention_mask=mask)
         before = dict(before)
         with torch.no_grad(), record_residual(one, layers) as after:
             one(tokens, attention_mask=mask)
         for layer in layers:
-            diff = (after[layer] - before[layer])[counted.to(mask.device)].double().cpu()  # [tokens, d_model]
+            diff = (after[layer] - before[layer])[scored.bool()].double().cpu()  # [tokens, d_model]
             grams[layer] += diff.T @ diff
     return grams
 

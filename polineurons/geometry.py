@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from polineurons.batching import per_sequence_starts
 from polineurons.config import RunConfig, trial_spec
 from polineurons.directions import difference_grams, spill_basis, top_components
 from polineurons.errors import UserError
@@ -148,10 +149,7 @@ def spill_geometry(
     options = {"batch_size": batch_size, "progress": progress}
     pairs = ((others, starts[0]), (own, starts[1]))
     spill, target = (difference_grams(one, other, texts, layers, starts=first, **options) for texts, first in pairs)
-    counts = [
-        sum(len(s) for s in texts) - (first * len(texts) if isinstance(first, int) else sum(first))
-        for texts, first in pairs
-    ]
+    counts = [sum(len(s) for s in texts) - sum(per_sequence_starts(texts, first)) for texts, first in pairs]
     return [layer_geometry(layer, k, spill[layer], target[layer], *counts) for layer in layers for k in ranks]
 
 
