@@ -65,6 +65,7 @@ _EXPORTS = {
     "spill_geometry": "polineurons.geometry",
     "geometry_folder": "polineurons.geometry",
     "GeometryConfig": "polineurons.geometry",
+    "league_across": "polineurons.league",
     "trial_spec": "polineurons.config",
     "load_run": "polineurons.artifacts",
     "write_pages": "polineurons.report",

@@ -40,6 +40,7 @@ from polineurons.experiment import STAGES, run_pipeline
 from polineurons.generalization import measure_generalization
 from polineurons.geometry import GeometryConfig, geometry_folder, geometry_text
 from polineurons.layer_search import LayerSearchConfig, layer_search_text, search_layers_folder
+from polineurons.league import league_across, league_across_text
 from polineurons.matrix import MatrixConfig, matrix_text, run_matrix
 from polineurons.mitigate import league_text, mitigate_folder
 from polineurons.models import EMBEDDED_MODEL, generate_answer, model_summary
@@ -213,6 +214,20 @@ class Geometry:
         print(f"{geometry_text(result['rows'])}\nwrote {self.out / f'geometry-{self.geometry.kind}.json'}")
 
 
+@dataclass
+class League:
+    """Several mitigation folders in one league, best first: each method's CTG reduction at 90% of the
+    target kept beside its control, with the settings that set its folder apart (no model needed)."""
+
+    folders: tyro.conf.Positional[tuple[Path, ...]]  # `polineurons mitigate` (or `run`) folders.
+    out: JsonOut = None
+
+    def __call__(self) -> None:
+        readings = league_across(self.folders)
+        print(league_across_text(readings))
+        write_report(self.out, {"readings": [r.to_dict() for r in readings]})
+
+
 @dataclass(kw_only=True)
 class Screen(OnData):
     """Predict spill-over before training, from the base model alone: answer directions and word markers."""
@@ -275,7 +290,7 @@ class Report:
 
 
 COMMANDS = (Info, Stance, Finetune, Generalization, Localize, Patch, Screen, Mitigate, Layers, Geometry)
-COMMANDS += (Run, Matrix, Report)
+COMMANDS += (Run, Matrix, Report, League)
 
 
 def main(argv: list[str] | None = None) -> None:

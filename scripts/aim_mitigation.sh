@@ -6,7 +6,8 @@
 #      the leaning direction at the default layers and at the searched ones, with flip directions
 #      (rank 1: caft-flip, beside the leaning's in one folder and chart; rank 2, 4; read from the answers
 #      only, rank 1, 2) and PCA directions (rank 1, 2, 4); caft-grad, steer, kl, replay, caft+kl, caft+steer;
-#      the geometry of the flip change (polineurons geometry, every token and answers only);
+#      the geometry of the flip change (polineurons geometry, every token and answers only); CAFT
+#      (leaning and flip directions) after 2 and 4 epochs over every training item;
 #   3. the best reading at 90% kept (method and folder) again on a second target and on the left leaning,
 #      at its strength there, halved and doubled.
 # Sized for a GPU (each quick-preset trial takes seconds on one H200; about 300 trials); resumable: rerun
@@ -52,29 +53,37 @@ for rank in 1 2; do
   step "flip-answer-r$rank" $pn mitigate --out "$out/flip-answer-r$rank" "${common[@]}" "${seeds[@]}" "${caft[@]}" \
     --mitigate.directions flip --mitigate.rank "$rank" --mitigate.direction-tokens answer
 done
+# longer training (every training item, 2 and 4 epochs): does the ablation leave the target more room
+# to find a topic-specific route when the fine-tune has more steps to find it?
+for epochs in 2 4; do
+  step "epochs-$epochs" $pn mitigate --out "$out/epochs-$epochs" "${common[@]}" "${seeds[@]}" "${caft[@]}" \
+    --finetune.epochs "$epochs" --finetune.max-steps None
+  step "epochs-$epochs-flip" $pn mitigate --out "$out/epochs-$epochs" "${common[@]}" "${seeds[@]}" \
+    --finetune.epochs "$epochs" --finetune.max-steps None --mitigate.methods caft-flip --mitigate.rank 1 \
+    --mitigate.strengths 0.1 0.25 0.5 1
+done
 for tokens in all answer; do  # where the spill-over's change sits against the target's (no training)
   step "geometry-$tokens" $pn geometry --out "$out/leaning" "${common[@]}" --mitigate.direction-tokens "$tokens"
 done
 
-# The best reading at 90% kept over every folder, and the options that reproduce it elsewhere.
-read -r folder method strength < <($py - "$out" <<'PY'
-import json, pathlib, sys
-best = None
-for path in sorted(pathlib.Path(sys.argv[1]).glob("*/mitigation.json")):
-    for row in json.loads(path.read_text())["league"]:
-        if best is None or row["ctg_reduction"]["value"] > best[0]:
-            best = (row["ctg_reduction"]["value"], path.parent.name, row["method"], row["strength"])
-print(*best[1:])
-PY
-)
+# The best reading at 90% kept over every folder (polineurons league), and the options that reproduce it elsewhere.
+folders=("$out"/*/mitigation.json)
+$pn league "${folders[@]%/mitigation.json}" --out "$out/league.json" > "$out/league.txt"
+read -r folder method strength < <($py -c 'import json, pathlib, sys
+best = json.load(open(sys.argv[1]))["readings"][0]
+print(pathlib.Path(best["folder"]).name, best["method"], best["strength"])' "$out/league.json")
 echo "best at 90% kept: $method at $strength in $folder"
-options=$($py - "$out/$folder/mitigation.json" "$method" <<'PY'
-import json, sys
-made = json.load(open(sys.argv[1]))["method_settings"][sys.argv[2]]
+options=$($py - "$out/$folder" "$method" <<'PY'
+import json, pathlib, sys
+folder = pathlib.Path(sys.argv[1])
+made = json.loads((folder / "mitigation.json").read_text())["method_settings"][sys.argv[2]]
+trained = json.loads((folder / "study.json").read_text())["plans"]["mitigate"]["finetune"]
 flags = {"layers": "--mitigate.layers", "directions": "--mitigate.directions", "rank": "--mitigate.rank",
          "direction_tokens": "--mitigate.direction-tokens"}
-print(" ".join(f"{flag} {' '.join(map(str, made[k])) if isinstance(made[k], list) else made[k]}"
-               for k, flag in flags.items() if made.get(k) is not None))
+words = [f"{flag} {' '.join(map(str, made[k])) if isinstance(made[k], list) else made[k]}"
+         for k, flag in flags.items() if made.get(k) is not None]
+words += [f"--finetune.epochs {trained['epochs']} --finetune.max-steps {trained['max_steps']}"]  # its training length
+print(" ".join(words))
 PY
 )
 # its strength at 90% kept, halved and doubled: enough for a reading at 90% kept there too
@@ -88,3 +97,6 @@ for path in "$out"/*/mitigation.json; do
   echo "== ${path%/mitigation.json}"
   $py -c 'import json, sys; from polineurons.mitigate import league_text; print(league_text(json.load(open(sys.argv[1]))))' "$path"
 done
+echo "== every folder, best first"
+folders=("$out"/*/mitigation.json)
+$pn league "${folders[@]%/mitigation.json}" --out "$out/league.json"

@@ -123,6 +123,7 @@ def invocations(tmp: Path) -> dict[str, list[list]]:
         "geometry": [["geometry", *sweep, "--out", tmp / "ls", *lora, "--layers", 1, "--ranks", 1, 2, "--kind", "pca"]],
         "matrix": [["matrix", *sweep, *lora, "--out", tmp / "mx", "--targets", "race", "--leanings", "right"]],
         "report": [["report", run]],
+        "league": [["league", run, tmp / "m", "--out", tmp / "league.json"]],
     }
 
 
