@@ -291,9 +291,9 @@ def league_text(result: dict) -> str:
     ]
     for row in result["league"]:
         control = row["control_ctg_reduction"]
-        versus = _interval(control) if control else "not trained"
+        versus = interval(control) if control else "not trained"
         lines.append(
-            f"{row['method']:<16}{row['strength']:>9.3f}{_interval(row['ctg_reduction']):>30}{versus:>26}"
+            f"{row['method']:<16}{row['strength']:>9.3f}{interval(row['ctg_reduction']):>30}{versus:>26}"
             f"{len(row['seeds']):>8}"
         )
     for method, at_90 in result["at_90"].items():
@@ -313,8 +313,9 @@ def league_text(result: dict) -> str:
 
 def row_interval(row: Mapping[str, float], key: str) -> str:
     """A row's ``key`` with its CI, as ``+0.12 [+0.03, +0.20]``."""
-    return _interval({"value": row[key], "ci_low": row[f"{key}_ci_low"], "ci_high": row[f"{key}_ci_high"]})
+    return interval({"value": row[key], "ci_low": row[f"{key}_ci_low"], "ci_high": row[f"{key}_ci_high"]})
 
 
-def _interval(estimate: Mapping[str, float]) -> str:
+def interval(estimate: Mapping[str, float]) -> str:
+    """An estimate with its CI, as ``+0.12 [+0.03, +0.20]``."""
     return f"{estimate['value']:+.2f} [{estimate['ci_low']:+.2f}, {estimate['ci_high']:+.2f}]"

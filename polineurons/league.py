@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from polineurons.errors import MissingFileError
-from polineurons.frontier import KEPT
+from polineurons.frontier import KEPT, interval
 from polineurons.io import read_json
 
 
@@ -121,9 +121,7 @@ def league_across(folders: Sequence[str | Path]) -> list[Reading]:
 
 
 def _interval(estimate: Mapping | None) -> str:
-    if not estimate:
-        return "—"
-    return f"{estimate['value']:+.2f} [{estimate['ci_low']:+.2f}, {estimate['ci_high']:+.2f}]"
+    return interval(estimate) if estimate else "—"
 
 
 def _setting(key: str, value) -> str:
