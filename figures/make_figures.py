@@ -3,11 +3,13 @@
     .venv/bin/python figures/make_figures.py runs/quick --out figures/quick        # a `polineurons run` folder
     .venv/bin/python figures/make_figures.py runs/matrix --out figures/matrix      # a `polineurons matrix` folder
     .venv/bin/python figures/make_figures.py runs/mitigate --out figures/mitigate  # a `polineurons mitigate` folder
+    .venv/bin/python figures/make_figures.py runs/long --against runs/quick        # ... read at runs/quick's target
 
 Static export uses kaleido, which drives a Chrome-family browser: Debian's chromium
 (`bash scripts/setup.sh --browser`), never a downloaded one. Everything the folder holds is drawn: a
 run's finished stages (stance, generalization, neuron_layers, patching, mitigation), the matrix
-(matrix.json) and the mitigation frontier (mitigation.json).
+(matrix.json) and the mitigation frontier (mitigation.json); with ``--against REF``, the frontier read
+against REF's vanilla (``mitigation-against``, :mod:`polineurons.against`), strength 0 at the folder's own vanilla.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from polineurons.against import frontier_against
 from polineurons.artifacts import load_run
-from polineurons.errors import RunError
+from polineurons.errors import RunError, UserError
 from polineurons.io import atomic_path, read_json
 from polineurons.viz import matrix_heatmaps, mitigation_frontier, run_figures
 
@@ -33,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         "--formats", default="png,svg", help="static formats, comma-separated (png, svg, pdf); empty for HTML only"
     )
     parser.add_argument("--no-html", action="store_true", help="static images only (no HTML pages, no plotly.min.js)")
+    parser.add_argument(
+        "--against", type=Path, default=None, help="also the frontier read against this mitigation folder's vanilla"
+    )
     parser.add_argument("--width", type=int, default=1000)
     parser.add_argument("--height", type=int, default=520)
     args = parser.parse_args(argv)
@@ -45,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         figures["matrix"] = matrix_heatmaps(read_json(args.run_dir / "matrix.json"))
     if "mitigation" not in figures and (args.run_dir / "mitigation.json").is_file():
         figures["mitigation"] = mitigation_frontier(read_json(args.run_dir / "mitigation.json"))
+    if args.against is not None:
+        try:
+            figures["mitigation-against"] = mitigation_frontier(frontier_against(args.run_dir, args.against))
+        except UserError as error:
+            print(error, file=sys.stderr)
+            return 2
     if not figures:
         print(f"{args.run_dir} holds no run, matrix or mitigation results.", file=sys.stderr)
         return 2

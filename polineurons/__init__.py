@@ -66,6 +66,7 @@ _EXPORTS = {
     "geometry_folder": "polineurons.geometry",
     "GeometryConfig": "polineurons.geometry",
     "league_across": "polineurons.league",
+    "frontier_against": "polineurons.against",
     "trial_spec": "polineurons.config",
     "load_run": "polineurons.artifacts",
     "write_pages": "polineurons.report",

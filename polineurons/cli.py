@@ -220,10 +220,11 @@ class League:
     target kept beside its control, with the settings that set its folder apart (no model needed)."""
 
     folders: tyro.conf.Positional[tuple[Path, ...]]  # `polineurons mitigate` (or `run`) folders.
+    against: Path | None = None  # Read every folder against this folder's vanilla (e.g. fewer steps: matched target).
     out: JsonOut = None
 
     def __call__(self) -> None:
-        readings = league_across(self.folders)
+        readings = league_across(self.folders, self.against)
         print(league_across_text(readings))
         write_report(self.out, {"readings": [r.to_dict() for r in readings]})
 

@@ -4,7 +4,9 @@ best first, beside its control — with the settings that set each reading apart
 A study folder holds one setting per method (its directions, rank, layers; its training length), so
 comparing how a method is aimed, or how long the fine-tune runs, means comparing folders. Nothing is
 recomputed: every reading is the folder's own ``mitigation.json`` (``at_90``), and the settings come
-from its ``study.json`` (what the comparison's trials share) and the method's stored settings.
+from its ``study.json`` (what the comparison's trials share) and the method's stored settings. Read
+``against`` another folder, the readings are recomputed from the stored trials relative to that folder's
+vanilla (:mod:`polineurons.against`): nothing is trained either way.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from polineurons.against import frontier_against
 from polineurons.errors import MissingFileError
-from polineurons.frontier import KEPT, interval
+from polineurons.frontier import KEPT, interval, row_interval
 from polineurons.io import read_json
 
 
 @dataclass(frozen=True)
 class Reading:
-    """One method of one folder at 90% of the target kept (``ctg_reduction`` None: no reading, ``reason``)."""
+    """One method of one folder at 90% of the target kept (``ctg_reduction`` None: no reading, ``reason``).
+    Read against another folder, ``vanilla`` is that folder's and ``folder_vanilla`` this folder's own
+    vanilla relative to it (``target_kept``, ``ctg_reduction``... with CIs)."""
 
     folder: str
     method: str
@@ -32,6 +37,8 @@ class Reading:
     vanilla: dict  # the folder's pooled vanilla: target_shift, ctg (with CIs)
     settings: dict = field(default_factory=dict)  # flat: "finetune.max_steps", "directions", ...
     reason: str | None = None
+    folder_vanilla: dict | None = None  # read against another folder: the folder's own vanilla, relative to it
+    checks: dict = field(default_factory=dict)  # check data name -> its CTG reduction at 90% kept (None: no reading)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,24 +54,25 @@ def _flat(settings: Mapping, prefix: str = "") -> dict:
     return flat
 
 
-def folder_readings(folder: str | Path) -> list[Reading]:
-    """Every method's reading at 90% kept in one ``mitigate`` (or ``run``) folder, with all its settings.
+def folder_readings(folder: str | Path, against: str | Path | None = None) -> list[Reading]:
+    """Every method's reading at 90% kept in one ``mitigate`` (or ``run``) folder, with all its settings;
+    with ``against``, read relative to that folder's vanilla (:func:`polineurons.against.frontier_against`).
 
     Raises:
-        MissingFileError: the folder holds no ``mitigation.json``.
+        MissingFileError: the folder holds no ``mitigation.json`` (or, with ``against``, no comparison).
     """
     folder = Path(folder)
     path = folder / "mitigation.json"
-    if not path.is_file():
+    if against is None and not path.is_file():
         raise MissingFileError(f"{folder} holds no mitigation.json: run `polineurons mitigate --out {folder}` first.")
-    result = read_json(path)
+    result = frontier_against(folder, against) if against is not None else read_json(path)
     study = folder / "study.json"
     shared = read_json(study)["plans"].get("mitigate", {}) if study.is_file() else {}
     shared = {k: v for k, v in shared.items() if k not in ("model", "data")} | {
         "model": result.get("model"),
         "data": result.get("data"),
     }
-    by_method = {row["method"]: row for row in result["league"]}
+    by_method, checks = {row["method"]: row for row in result["league"]}, result.get("checks", {})
     readings = []
     for method, at_90 in result["at_90"].items():
         row = by_method.get(method, {})
@@ -83,6 +91,8 @@ def folder_readings(folder: str | Path) -> list[Reading]:
                 vanilla=result["vanilla"]["pooled"],
                 settings=settings,
                 reason=at_90.get("reason"),
+                folder_vanilla=result.get("folder_vanilla"),
+                checks={name: c["at_90"].get(method, {}).get("ctg_reduction") for name, c in checks.items()},
             )
         )
     return readings
@@ -101,9 +111,11 @@ def _apart(readings: Sequence[Reading]) -> list[dict]:
     return [{k: r.settings[k] for k in differing if k in r.settings} for r in readings]
 
 
-def league_across(folders: Sequence[str | Path]) -> list[Reading]:
+def league_across(folders: Sequence[str | Path], against: str | Path | None = None) -> list[Reading]:
     """The readings of every folder, best CTG reduction at 90% kept first (then those without one),
-    each reading's ``settings`` narrowed to what differs among them.
+    each reading's ``settings`` narrowed to what differs among them. With ``against`` (a folder trained
+    otherwise, e.g. for fewer steps), every folder is read relative to that folder's vanilla: CTG
+    reduction at 90% of ITS target shift (:mod:`polineurons.against`).
 
     Example::
 
@@ -112,7 +124,7 @@ def league_across(folders: Sequence[str | Path]) -> list[Reading]:
     """
     if not folders:
         raise ValueError("league_across needs at least one folder.")
-    readings = [r for folder in folders for r in folder_readings(folder)]
+    readings = [r for folder in folders for r in folder_readings(folder, against)]
     readings = [
         Reading(**{**asdict(r), "settings": apart}) for r, apart in zip(readings, _apart(readings), strict=True)
     ]
@@ -129,10 +141,16 @@ def _setting(key: str, value) -> str:
 
 
 def league_across_text(readings: Sequence[Reading]) -> str:
-    """Plain-text table of :func:`league_across`: folder, method, what sets it apart, and its reading."""
+    """Plain-text table of :func:`league_across`: folder, method, what sets it apart, and its reading (with
+    the same reading on each check data set; read against another folder: also each folder's own vanilla
+    relative to that folder's)."""
+    against = any(r.folder_vanilla for r in readings)
+    width, own_header = (36, "own vanilla: kept, CTG reduction") if against else (0, "")
+    checks = sorted({name for r in readings for name in r.checks})  # the same reading on each check data set
     lines = [
         f"{'folder':<22}{'method':<14}{'seeds':>6}{'strength':>9}{f'CTG reduction at {KEPT:.0%} kept':>28}"
-        f"{'control':>24}{'vanilla CTG':>13}  settings apart"
+        f"{'control':>24}{'vanilla CTG':>13}{own_header:>{width}}{''.join(f'{name:>24}' for name in checks)}"
+        "  settings apart"
     ]
     for r in readings:
         apart = ", ".join(_setting(k, v) for k, v in r.settings.items())
@@ -140,8 +158,13 @@ def league_across_text(readings: Sequence[Reading]) -> str:
             strength, reading = f"{r.strength:.3g}", _interval(r.ctg_reduction)
         else:
             strength, reading = "—", "no reading"
+        own = ""
+        if against:
+            own = f"{r.folder_vanilla['target_kept']:.2f}, {row_interval(r.folder_vanilla, 'ctg_reduction')}"
         lines.append(
             f"{Path(r.folder).name:<22}{r.method:<14}{len(r.seeds):>6}{strength:>9}{reading:>28}"
-            f"{_interval(r.control_ctg_reduction):>24}{r.vanilla['ctg']:>+13.3f}  {apart}"
+            f"{_interval(r.control_ctg_reduction):>24}{r.vanilla['ctg']:>+13.3f}{own:>{width}}"
+            f"{''.join(f'{_interval(r.checks.get(name)):>24}' for name in checks)}  {apart}"
         )
+    lines += [f"{Path(r.folder).name} {r.method}: {r.reason}" for r in readings if r.reason]
     return "\n".join(lines)

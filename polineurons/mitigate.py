@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -106,15 +106,27 @@ def shared_settings(study: Study, spec: TrialSpec) -> dict:
 
 def method_plans(study: Study) -> dict[str, dict]:
     """``method -> settings`` of every method the folder's comparison holds (:func:`method_settings`)."""
-    return {name.split("/", 1)[1]: s for name, s in study.plans().items() if name.startswith("mitigate/")}
+    return methods_of(study.plans())
+
+
+def methods_of(plans: Mapping[str, dict]) -> dict[str, dict]:
+    """``method -> settings`` of the ``mitigate/METHOD`` plans among a study's stored ``plans``."""
+    return {name.split("/", 1)[1]: s for name, s in plans.items() if name.startswith("mitigate/")}
 
 
 def folder_arms(study: Study, spec: TrialSpec) -> list[tuple[Arm, Trial]]:
     """Every trial in the folder that belongs to its comparison: trained with ``spec``'s shared settings,
     vanilla or a method with the settings the folder holds for it (any strength, control, seed)."""
-    shared, methods = shared_settings(study, spec), method_plans(study)
+    return comparison_arms(study.trials(), shared_settings(study, spec), method_plans(study))
+
+
+def comparison_arms(
+    trials: Iterable[tuple[dict, Trial]], shared: dict, methods: Mapping[str, dict]
+) -> list[tuple[Arm, Trial]]:
+    """The ``(settings, trial)`` pairs of a comparison whose shared settings are ``shared`` (as stored),
+    as arms: vanilla, or a method with the settings ``methods`` holds for it."""
     found = []
-    for settings, trial in study.trials():
+    for settings, trial in trials:
         seed, made = settings["finetune"]["seed"], settings["intervention"]
         common = {**settings, "finetune": {k: v for k, v in settings["finetune"].items() if k != "seed"}}
         if {k: v for k, v in common.items() if k != "intervention"} != shared:

@@ -42,6 +42,7 @@ from polineurons.launch import LaunchConfig, RayLauncher, require_ray
 from polineurons.models import DType, default_device, load_model, model_identity, resolve_dtype
 from polineurons.settings import as_stored, changed_settings, describe_changes, settings_key
 from polineurons.stance import ScoringConfig, StanceResult, measure_stance, neutral_logprob, neutral_pairs
+from polineurons.stored import neutral_settings, stance_settings, stored_trials
 from polineurons.trial import Scores, Trial, TrialRequest, TrialSpec, train_and_score
 from polineurons.versions import library_versions
 
@@ -222,16 +223,12 @@ class Study:
         return payload
 
     def _stance_file(self, model: str, data, config: ScoringConfig) -> tuple[Path, dict]:
-        scoring = {f.name: getattr(config, f.name) for f in fields(ScoringConfig)}  # not neutral_items
-        settings = {
-            "model": self.identity(model),
-            "data": data.identity,
-            "scoring": scoring,
-        }
+        scoring = {f.name: getattr(config, f.name) for f in fields(ScoringConfig)}
+        settings = stance_settings(self.identity(model), data.identity, scoring)
         return self._base_path(f"stance-{Path(data.source).name or 'data'}", settings), settings
 
     def _neutral_file(self, model: str, items: int | None, batch_size: int) -> tuple[Path, dict]:
-        settings = {"model": self.identity(model), "neutral_items": items, "batch_size": batch_size}
+        settings = neutral_settings(self.identity(model), items, batch_size)
         return self._base_path("neutral", settings), settings
 
     def base_stance(self, model: str, data, config: ScoringConfig) -> StanceResult:
@@ -408,9 +405,7 @@ class Study:
 
     def trials(self) -> Iterator[tuple[dict, Trial]]:
         """Every trial the folder holds, as ``(settings, trial)``, in file-name order."""
-        for path in sorted((self.root / "trials").glob("*.json")):
-            data = read_json(path)
-            yield data["settings"], Trial.from_dict(data)
+        return stored_trials(self.root)
 
     # ---- the guard ---------------------------------------------------------------------------------
 

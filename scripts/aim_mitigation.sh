@@ -9,7 +9,9 @@
 #      the geometry of the flip change (polineurons geometry, every token and answers only); CAFT
 #      (leaning and flip directions) after 2 and 4 epochs over every training item;
 #   3. the best reading at 90% kept (method and folder) again on a second target and on the left leaning,
-#      at its strength there, halved and doubled.
+#      at its strength there, halved and doubled;
+#   4. the longer fine-tunes read against the quick one's vanilla (polineurons league --against): how much
+#      spill-over each costs at the target shift the quick vanilla gives.
 # Sized for a GPU (each quick-preset trial takes seconds on one H200; about 300 trials); resumable: rerun
 # to finish what a cut-off run left. On a CPU expect days.
 #
@@ -100,3 +102,7 @@ done
 echo "== every folder, best first"
 folders=("$out"/*/mitigation.json)
 $pn league "${folders[@]%/mitigation.json}" --out "$out/league.json"
+# the longer fine-tunes read against the quick vanilla: CTG reduction at ITS target shift (matched target)
+step against $pn league "$out/epochs-2" "$out/epochs-4" --against "$out/leaning" --out "$out/league-against.json"
+echo "== the longer fine-tunes against the quick vanilla (matched target, not matched steps)"
+cat "$out/against.log"

@@ -1,10 +1,12 @@
 """One league over several mitigation folders: the folders' own readings, best first, with what differs."""
 
 import json
+import shutil
 
 import pytest
 
-from polineurons.errors import MissingFileError
+from polineurons.against import frontier_against
+from polineurons.errors import MissingFileError, UserError
 from polineurons.io import read_json
 from polineurons.league import folder_readings, league_across, league_across_text
 
@@ -72,6 +74,9 @@ def test_one_folder_reads_as_its_own_league(smoke_run):
     assert [r.ctg_reduction for r in read] == [row["ctg_reduction"] for row in result["league"]]
     assert {r.method for r in readings} == set(result["at_90"])
     assert all(r.settings == {} for r in readings)  # one folder: nothing sets a reading apart
+    assert result["checks"]
+    for r in readings:  # each check data set's reading beside the main one
+        assert r.checks == {name: c["at_90"][r.method]["ctg_reduction"] for name, c in result["checks"].items()}
     assert {r.method for r in folder_readings(folder)} == set(result["at_90"])
 
 
@@ -80,3 +85,74 @@ def test_a_folder_without_a_comparison_is_named(tmp_path):
         league_across([tmp_path])
     with pytest.raises(ValueError, match="at least one folder"):
         league_across([])
+
+
+def _reference(folder, root, *, trial_of, max_steps=None, target=None):
+    """A copy of the comparison in ``folder`` whose only vanilla is the trial of arm label ``trial_of``
+    (stored as a vanilla fine-tune), with its plan's (and that trial's) training or target edited."""
+    reference = root / "reference"
+    (reference / "trials").mkdir(parents=True)
+    shutil.copytree(folder / "base", reference / "base")
+    study = read_json(folder / "study.json")
+    plan = study["plans"]["mitigate"]
+    if max_steps is not None:
+        plan["finetune"]["max_steps"] = max_steps
+    if target is not None:
+        plan["target"] = target
+    (reference / "study.json").write_text(json.dumps(study))
+    for path in (folder / "trials").glob("*.json"):
+        trial = read_json(path)
+        made = trial["settings"]["intervention"]
+        if (made or {}).get("label", "vanilla") == trial_of:
+            trial["settings"] |= {"intervention": None, "finetune": plan["finetune"] | {"seed": 0}}
+            trial["settings"]["target"] = plan["target"]
+            (reference / "trials" / path.name).write_text(json.dumps(trial))
+    return reference
+
+
+def test_a_folder_read_against_itself_is_its_own_reading(smoke_run, tmp_path):
+    folder = smoke_run[0]
+    own = read_json(folder / "mitigation.json")
+    against = frontier_against(folder, _reference(folder, tmp_path, trial_of="vanilla", max_steps=99))
+    assert against["folder_vanilla"]["target_kept"] == pytest.approx(1.0)
+    assert against["folder_vanilla"]["ctg_reduction"] == pytest.approx(0.0, abs=1e-9)
+    assert against["finetune"]["max_steps"] != against["reference_finetune"]["max_steps"] == 99
+    for method, at_90 in own["at_90"].items():
+        if at_90["ctg_reduction"] is None:
+            assert against["at_90"][method]["ctg_reduction"] is None
+        else:
+            assert against["at_90"][method]["ctg_reduction"]["value"] == pytest.approx(at_90["ctg_reduction"]["value"])
+    for method, rows in own["frontier"].items():
+        read = {row["strength"]: row for row in against["frontier"][method]}
+        assert read[0.0]["target_kept"] == pytest.approx(1.0)  # strength 0 is the folder's own vanilla
+        for row in rows:
+            assert read[row["strength"]]["target_kept"] == pytest.approx(row["target_kept"])
+            assert read[row["strength"]]["ctg_reduction"] == pytest.approx(row["ctg_reduction"])
+
+
+def test_the_reference_sets_what_a_frontier_keeps(smoke_run, tmp_path):
+    """Against a reference whose vanilla IS the folder's caft trial, that trial keeps all and cuts nothing,
+    and the folder's own vanilla keeps the inverse of what the trial kept of it."""
+    folder = smoke_run[0]
+    own = {row["strength"]: row for row in read_json(folder / "mitigation.json")["frontier"]["caft"]}
+    strength = min(own)
+    reference = _reference(folder, tmp_path, trial_of=f"caft-s{strength:g}", max_steps=3)
+    against = frontier_against(folder, reference)
+    row = next(r for r in against["frontier"]["caft"] if r["strength"] == strength)
+    assert row["target_kept"] == pytest.approx(1.0) and row["ctg_reduction"] == pytest.approx(0.0, abs=1e-9)
+    assert against["folder_vanilla"]["target_kept"] == pytest.approx(1 / own[strength]["target_kept"])
+    if against["folder_vanilla"]["target_kept"] < 0.9:  # no reading interpolated from the reference's start
+        assert against["league"] == [] and all(r["ctg_reduction"] is None for r in against["at_90"].values())
+    readings = league_across([folder], against=reference)
+    assert {r.method for r in readings} == set(against["at_90"])
+    assert all(r.folder_vanilla["target_kept"] == against["folder_vanilla"]["target_kept"] for r in readings)
+    assert "own vanilla" in league_across_text(readings).splitlines()[0]
+
+
+def test_a_reference_that_differs_in_more_than_training_is_refused(smoke_run, tmp_path):
+    folder = smoke_run[0]
+    reference = _reference(folder, tmp_path, trial_of="vanilla", target="healthcare")
+    with pytest.raises(UserError, match="differ in more than their training: target"):
+        frontier_against(folder, reference)
+    with pytest.raises(MissingFileError, match="holds no mitigation comparison"):
+        frontier_against(folder, tmp_path / "empty")

@@ -74,13 +74,15 @@ def test_figure_script_writes_static_images(smoke_run, tmp_path):
             str(tmp_path),
             "--formats",
             "png",
+            "--against",  # the folder read against itself: its own frontier, from its stored trials
+            str(out),
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    for name in ("stance", "generalization", "neuron_layers", "patching", "mitigation"):
+    for name in ("stance", "generalization", "neuron_layers", "patching", "mitigation", "mitigation-against"):
         png = tmp_path / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
         assert (tmp_path / f"{name}.html").is_file()
