@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         figures["mitigation"] = mitigation_frontier(read_json(args.run_dir / "mitigation.json"))
     if args.against is not None:
         try:
-            figures["mitigation-against"] = mitigation_frontier(frontier_against(args.run_dir, args.against))
+            figure = mitigation_frontier(frontier_against(args.run_dir, args.against))
+            figure.update_layout(title_text=f"{figure.layout.title.text}, against {args.against.name}'s vanilla")
+            figures["mitigation-against"] = figure
         except UserError as error:
             print(error, file=sys.stderr)
             return 2
