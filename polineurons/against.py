@@ -57,10 +57,11 @@ class StoredComparison:
         return {arm.seed: trial for arm, trial in self.arms if arm.method == "vanilla"}
 
 
-def frontier_against(folder: str | Path, reference: str | Path, *, n_boot: int = 2000) -> dict:
+def frontier_against(folder: str | Path, reference: str | Path | StoredComparison, *, n_boot: int = 2000) -> dict:
     """``folder``'s mitigation summary (the numbers of its ``mitigation.json``, see
     :func:`polineurons.frontier.summarize`) with ``reference``'s vanilla runs as the vanilla, on the
-    seeds both hold: every target kept and CTG reduction is relative to the reference's fine-tune.
+    seeds both hold (``reference``: its folder, or the comparison already read from it): every target
+    kept and CTG reduction is relative to the reference's fine-tune.
     ``folder_vanilla`` is the folder's own vanilla read the same way (its target kept shows how much
     further the longer training moved the target); ``finetune`` and ``reference_finetune`` say how
     each was trained.
@@ -75,7 +76,8 @@ def frontier_against(folder: str | Path, reference: str | Path, *, n_boot: int =
         result = frontier_against("runs/long", "runs/quick")
         print(result["folder_vanilla"]["target_kept"], result["at_90"]["caft"])
     """
-    own, ref = StoredComparison.read(folder), StoredComparison.read(reference)
+    own = StoredComparison.read(folder)
+    ref = reference if isinstance(reference, StoredComparison) else StoredComparison.read(reference)
     changes = [c for c in changed_settings(ref.shared, own.shared) if not c[0].startswith("finetune.")]
     if changes:
         raise UserError(

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from polineurons.against import frontier_against
+from polineurons.against import StoredComparison, frontier_against
 from polineurons.errors import MissingFileError
 from polineurons.frontier import KEPT, interval, row_interval
 from polineurons.io import read_json
@@ -54,7 +54,7 @@ def _flat(settings: Mapping, prefix: str = "") -> dict:
     return flat
 
 
-def folder_readings(folder: str | Path, against: str | Path | None = None) -> list[Reading]:
+def folder_readings(folder: str | Path, against: str | Path | StoredComparison | None = None) -> list[Reading]:
     """Every method's reading at 90% kept in one ``mitigate`` (or ``run``) folder, with all its settings;
     with ``against``, read relative to that folder's vanilla (:func:`polineurons.against.frontier_against`).
 
@@ -124,7 +124,8 @@ def league_across(folders: Sequence[str | Path], against: str | Path | None = No
     """
     if not folders:
         raise ValueError("league_across needs at least one folder.")
-    readings = [r for folder in folders for r in folder_readings(folder, against)]
+    reference = StoredComparison.read(against) if against is not None else None  # read once for every folder
+    readings = [r for folder in folders for r in folder_readings(folder, reference)]
     readings = [
         Reading(**{**asdict(r), "settings": apart}) for r, apart in zip(readings, _apart(readings), strict=True)
     ]

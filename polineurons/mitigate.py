@@ -104,20 +104,16 @@ def shared_settings(study: Study, spec: TrialSpec) -> dict:
     return shared
 
 
-def method_plans(study: Study) -> dict[str, dict]:
-    """``method -> settings`` of every method the folder's comparison holds (:func:`method_settings`)."""
-    return methods_of(study.plans())
-
-
 def methods_of(plans: Mapping[str, dict]) -> dict[str, dict]:
-    """``method -> settings`` of the ``mitigate/METHOD`` plans among a study's stored ``plans``."""
+    """``method -> settings`` of the ``mitigate/METHOD`` plans among a study's stored ``plans``: every
+    method the folder's comparison holds (:func:`method_settings`)."""
     return {name.split("/", 1)[1]: s for name, s in plans.items() if name.startswith("mitigate/")}
 
 
 def folder_arms(study: Study, spec: TrialSpec) -> list[tuple[Arm, Trial]]:
     """Every trial in the folder that belongs to its comparison: trained with ``spec``'s shared settings,
     vanilla or a method with the settings the folder holds for it (any strength, control, seed)."""
-    return comparison_arms(study.trials(), shared_settings(study, spec), method_plans(study))
+    return comparison_arms(study.trials(), shared_settings(study, spec), methods_of(study.plans()))
 
 
 def comparison_arms(
@@ -203,7 +199,7 @@ def run_mitigation(
     ]
     study.run_trials(requests)
     result = summarize(base, folder_arms(study, spec), spec.target, spec.leaning)
-    methods = method_plans(study)
+    methods = methods_of(study.plans())
     result.update(
         {
             "model": spec.model,
